@@ -8,6 +8,7 @@ import functools
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -40,14 +41,9 @@ def spki_pin(
     Raises:
         ConfigurationError: if ``source`` has no public key we can hash.
     """
-    if isinstance(source, x509.Certificate):
-        public_key = source.public_key()
-    elif hasattr(source, "public_key"):
-        public_key = source.public_key()
-    else:
-        public_key = source
+    public_key: Any = source.public_key() if hasattr(source, "public_key") else source
     try:
-        digest = _spki_digest(public_key)  # type: ignore[arg-type]
+        digest = _spki_digest(public_key)
     except (AttributeError, TypeError, ValueError) as exc:
         raise ConfigurationError(f"cannot compute an SPKI pin of {type(source).__name__}") from exc
     return "sha256/" + base64.b64encode(digest).decode("ascii")

@@ -1,0 +1,428 @@
+"""Every TLS context mtls-hooks uses is built here, with its pinning hook.
+
+The receiver and the sender both ask this module for an :class:`ssl.SSLContext`; no other
+module sets a TLS option. Pinning is enforced inside the handshake: the contexts carry an
+``sslobject_class`` (asyncio, uvloop, anyio) and an ``sslsocket_class`` (blocking sockets)
+whose ``do_handshake`` checks the *verified* leaf against a :class:`PeerPolicy` and raises
+:class:`PinError` (an :class:`ssl.SSLError`) before one application byte is exchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import secrets
+import ssl
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from mtls_hooks._errors import ConfigurationError, PinError
+from mtls_hooks._identity import PeerIdentity
+from mtls_hooks._policy import PeerPolicy
+
+__all__ = [
+    "HandshakeRefusal",
+    "PinningContext",
+    "create_client_context",
+    "create_server_context",
+    "load_client_ca",
+    "tls_extension",
+]
+
+# TLS 1.2 suites limited to ECDHE key exchange with AEAD ciphers (RFC 7540 §9.2.2 blocklist,
+# Mozilla "intermediate"). TLS 1.3 suites are all AEAD and are not affected by this string.
+AEAD_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+DEFAULT_ALPN = ("h2", "http/1.1")
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeRefusal:
+    """Why a peer was refused during the handshake; handed to ``PinningContext.on_refusal``.
+
+    Attributes:
+        reason: a short code (``"unpinned"``, ``"cert-verify-failed"``, ``"no-certificate"``,
+            ``"handshake-failed"``).
+        detail: one human-readable line, never key material.
+        identity: the verified peer identity, when the chain verified but pins did not match.
+    """
+
+    reason: str
+    detail: str
+    identity: PeerIdentity | None = None
+
+
+RefusalHook = Callable[[ssl.SSLObject | ssl.SSLSocket, HandshakeRefusal], None]
+
+
+class PinningContext(ssl.SSLContext):
+    """An :class:`ssl.SSLContext` whose handshakes also enforce :attr:`peer_policy`.
+
+    Attributes:
+        peer_policy: checked against the verified leaf after every handshake; ``None``
+            disables pinning (chain verification still applies).
+        on_refusal: called with every refused handshake, for logging.
+        description: what this context verifies against, used in error messages
+            (for example ``"ca.pem"``).
+    """
+
+    peer_policy: PeerPolicy | None = None
+    on_refusal: RefusalHook | None = None
+    description: str = "the system trust store"
+
+
+def _classify(exc: ssl.SSLError) -> HandshakeRefusal:
+    if isinstance(exc, PinError):
+        return HandshakeRefusal("unpinned", str(exc))
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return HandshakeRefusal("cert-verify-failed", str(exc.verify_message or exc.reason))
+    reason = str(getattr(exc, "reason", "") or exc)
+    if "PEER_DID_NOT_RETURN_A_CERTIFICATE" in reason.upper():
+        return HandshakeRefusal("no-certificate", "peer did not present a certificate")
+    return HandshakeRefusal("handshake-failed", reason.lower().replace("_", " "))
+
+
+def _enforce_policy(conn: ssl.SSLObject | ssl.SSLSocket) -> None:
+    context = conn.context
+    policy = getattr(context, "peer_policy", None)
+    if policy is None:
+        return
+    # getpeercert() returns the leaf the TLS stack verified under CERT_REQUIRED; never a
+    # certificate taken from the peer's own (unverified) chain (OkHttp CVE-2016-2402).
+    der = conn.getpeercert(binary_form=True)
+    if der is None:
+        raise PinError(
+            "peer presented no certificate", reason="no-certificate", subject="", spki_pin=""
+        )
+    identity = PeerIdentity.from_der(der)
+    why = policy.check(identity)
+    if why is not None:
+        error = PinError(
+            why, reason="unpinned", subject=identity.subject, spki_pin=identity.spki_pin
+        )
+        _report(conn, HandshakeRefusal("unpinned", why, identity))
+        raise error
+
+
+def _report(conn: ssl.SSLObject | ssl.SSLSocket, refusal: HandshakeRefusal) -> None:
+    hook = getattr(conn.context, "on_refusal", None)
+    if hook is not None:
+        hook(conn, refusal)
+
+
+def _handshake(conn: ssl.SSLObject | ssl.SSLSocket, do_handshake: Callable[[], None]) -> None:
+    try:
+        do_handshake()
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        raise
+    except ssl.SSLError as exc:
+        _report(conn, _classify(exc))
+        raise
+    _enforce_policy(conn)
+
+
+class _PinningSSLObject(ssl.SSLObject):
+    def do_handshake(self) -> None:
+        _handshake(self, super().do_handshake)
+
+
+class _PinningSSLSocket(ssl.SSLSocket):
+    def do_handshake(self, block: bool = False) -> None:
+        _handshake(self, lambda: super(_PinningSSLSocket, self).do_handshake(block))
+
+
+PinningContext.sslobject_class = _PinningSSLObject
+PinningContext.sslsocket_class = _PinningSSLSocket
+
+
+def _harden(context: ssl.SSLContext) -> None:
+    # RFC 7540 §9.2 and RFC 8996: nothing below TLS 1.2.
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # RFC 7540 §9.2.1 (CRIME): no TLS compression. Renegotiation could swap the peer
+    # certificate after our post-handshake pin check, so refuse it outright.
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    context.set_ciphers(AEAD_CIPHERS)
+
+
+def _read_pem_certs(path: PathLike, what: str) -> list[x509.Certificate]:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {what} {os.fspath(path)}: {exc.strerror}") from exc
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise ConfigurationError(f"{what} {os.fspath(path)} holds no PEM certificate") from exc
+    return certs
+
+
+def load_client_ca(
+    ca_files: Sequence[PathLike], crl_files: Sequence[PathLike] = ()
+) -> tuple[list[x509.Certificate], list[x509.CertificateRevocationList]]:
+    """Read and cross-check client CA bundles and their CRLs.
+
+    OpenSSL's ``VERIFY_CRL_CHECK_LEAF`` rejects *every* client whose issuing CA has no CRL
+    ("unable to get certificate CRL"); this turns that trap into a start-up error.
+
+    Returns:
+        The CA certificates and the CRLs.
+
+    Raises:
+        ConfigurationError: unreadable or empty files, a CRL whose signature no CA verifies,
+            an expired CRL, or (when CRLs are given) a client CA without a CRL.
+    """
+    if not ca_files:
+        raise ConfigurationError("no client CA configured: mTLS needs client_ca")
+    cas = [cert for path in ca_files for cert in _read_pem_certs(path, "client CA bundle")]
+    crls: list[x509.CertificateRevocationList] = []
+    for path in crl_files:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read CRL {os.fspath(path)}: {exc.strerror}") from exc
+        try:
+            crl = (
+                x509.load_pem_x509_crl(data)
+                if b"-----BEGIN" in data
+                else x509.load_der_x509_crl(data)
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"{os.fspath(path)} is not a CRL") from exc
+        issuers = [ca for ca in cas if ca.subject == crl.issuer]
+        if not any(crl.is_signature_valid(ca.public_key()) for ca in issuers):  # type: ignore[arg-type]
+            raise ConfigurationError(
+                f"CRL {os.fspath(path)} is not signed by any client CA "
+                f"(issuer {crl.issuer.rfc4514_string()!r})"
+            )
+        next_update = crl.next_update_utc
+        if next_update is not None and next_update < dt.datetime.now(dt.UTC):
+            raise ConfigurationError(
+                f"CRL {os.fspath(path)} expired at {next_update:%Y-%m-%d %H:%M} UTC; "
+                "OpenSSL would reject every client"
+            )
+        crls.append(crl)
+    if crls:
+        covered = {crl.issuer for crl in crls}
+        # A CA that only signs other CAs in the bundle never issues a leaf, and
+        # VERIFY_CRL_CHECK_LEAF only consults the leaf issuer's CRL.
+        signs_cas = {ca.issuer for ca in cas if ca.issuer != ca.subject}
+        for ca in cas:
+            if ca.subject not in covered and ca.subject not in signs_cas:
+                raise ConfigurationError(
+                    f"client CA {ca.subject.rfc4514_string()!r} has no CRL: with CRL checking "
+                    "on, OpenSSL rejects every client it issued; add its CRL"
+                )
+    return cas, crls
+
+
+def create_server_context(
+    *,
+    certfile: PathLike,
+    keyfile: PathLike,
+    client_ca: Sequence[PathLike],
+    crl: Sequence[PathLike] = (),
+    peer_policy: PeerPolicy | None,
+    key_password: bytes | None = None,
+    alpn_protocols: Sequence[str] = DEFAULT_ALPN,
+    on_refusal: RefusalHook | None = None,
+) -> PinningContext:
+    """Build the receiver's context: TLS ≥ 1.2, client certificates required and pinned.
+
+    Args:
+        certfile: server certificate chain (PEM, leaf first).
+        keyfile: server private key (PEM).
+        client_ca: PEM bundles of the CAs that issue client certificates.
+        crl: CRLs (PEM or DER) of those CAs; each leaf-issuing CA then needs one.
+        peer_policy: pins and identity rules; ``None`` admits any CA-verified client.
+        key_password: passphrase of an encrypted ``keyfile``.
+        alpn_protocols: offered ALPN protocols (HTTP/2 first).
+        on_refusal: hook called for each refused handshake.
+
+    Raises:
+        ConfigurationError: unreadable files, a key that does not match the certificate,
+            a CRL problem (see :func:`load_client_ca`).
+    """
+    cas, crls = load_client_ca(client_ca, crl)
+    context = PinningContext(ssl.PROTOCOL_TLS_SERVER)
+    _harden(context)
+    # A server never needs tickets: without them every connection presents, and is checked
+    # with, its current certificate, so a revoked or unpinned client cannot resume.
+    context.options |= ssl.OP_NO_TICKET | ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.num_tickets = 0
+    _load_cert_chain(context, certfile, keyfile, key_password)
+    pem = "".join(
+        ca.public_bytes(serialization.Encoding.PEM).decode("ascii") for ca in cas
+    ) + "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in crls)
+    context.load_verify_locations(cadata=pem)
+    if crls:
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    # The whole point: a client without a certificate from client_ca never completes the
+    # handshake (hypercorn's own context defaults to CERT_NONE).
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.set_alpn_protocols(list(alpn_protocols))
+    context.peer_policy = peer_policy
+    context.on_refusal = on_refusal
+    context.description = ", ".join(os.fspath(p) for p in client_ca)
+    return context
+
+
+def _load_cert_chain(
+    context: ssl.SSLContext, certfile: PathLike, keyfile: PathLike, password: bytes | None
+) -> None:
+    for path, what in ((certfile, "certificate"), (keyfile, "private key")):
+        if not os.access(path, os.R_OK):
+            raise ConfigurationError(f"cannot read {what} {os.fspath(path)}")
+    try:
+        context.load_cert_chain(certfile, keyfile, password=password or (lambda: b""))
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc).upper():
+            raise ConfigurationError(
+                f"private key {os.fspath(keyfile)} does not match certificate {os.fspath(certfile)}"
+            ) from exc
+        if "BAD_DECRYPT" in str(exc).upper() or "BAD PASSWORD" in str(exc).upper():
+            raise ConfigurationError(f"wrong passphrase for {os.fspath(keyfile)}") from exc
+        raise ConfigurationError(
+            f"cannot load {os.fspath(certfile)} / {os.fspath(keyfile)}: {exc.reason or exc}"
+        ) from exc
+
+
+@contextlib.contextmanager
+def _pkcs12_as_pem(data: bytes, password: bytes | None) -> Iterator[tuple[str, str, bytes]]:
+    """Unpack PKCS#12 into temporary PEM files, the key re-encrypted with a one-time password.
+
+    The stdlib loads certificates only from files; the key never touches disk in clear.
+    """
+    try:
+        key, cert, extra = pkcs12.load_key_and_certificates(data, password)
+    except ValueError as exc:
+        raise ConfigurationError("cannot open PKCS#12: wrong passphrase or corrupt file") from exc
+    if key is None or cert is None:
+        raise ConfigurationError("PKCS#12 file holds no private key and certificate")
+    one_time = secrets.token_bytes(32)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(one_time),
+    )
+    chain_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [cert, *extra])
+    with tempfile.TemporaryDirectory(prefix="mtls-hooks-") as tmp:  # created 0700
+        cert_path = os.path.join(tmp, "cert.pem")
+        key_path = os.path.join(tmp, "key.pem")
+        for path, blob in ((cert_path, chain_pem), (key_path, key_pem)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(blob)
+        yield cert_path, key_path, one_time
+
+
+def create_client_context(
+    *,
+    ca_file: PathLike | None = None,
+    certfile: PathLike | None = None,
+    keyfile: PathLike | None = None,
+    key_password: bytes | None = None,
+    pkcs12_file: PathLike | None = None,
+    pkcs12_data: bytes | None = None,
+    server_policy: PeerPolicy | None = None,
+    alpn_protocols: Sequence[str] = ("http/1.1",),
+) -> PinningContext:
+    """Build a sender's context: verifies the receiver, presents a client certificate.
+
+    Args:
+        ca_file: PEM bundle trusted for the receiver; ``None`` uses the system store.
+        certfile: client certificate chain (PEM). Give it with ``keyfile``, or give PKCS#12.
+        keyfile: client private key (PEM, optionally encrypted).
+        key_password: passphrase of the key or of the PKCS#12 file.
+        pkcs12_file: a PKCS#12 bundle with key and certificate chain.
+        pkcs12_data: the same, already in memory.
+        server_policy: pins for the receiver's certificate, checked in the handshake.
+        alpn_protocols: ALPN offer, ``("h2", "http/1.1")`` for HTTP/2.
+
+    Raises:
+        ConfigurationError: unreadable files, wrong passphrase, mismatched key.
+    """
+    context = PinningContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED on
+    _harden(context)
+    if ca_file is None:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    else:
+        _read_pem_certs(ca_file, "CA bundle")
+        context.load_verify_locations(cafile=os.fspath(ca_file))
+        context.description = os.fspath(ca_file)
+    if pkcs12_file is not None or pkcs12_data is not None:
+        if pkcs12_data is None:
+            try:
+                pkcs12_data = Path(pkcs12_file).read_bytes()  # type: ignore[arg-type]
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"cannot read PKCS#12 {pkcs12_file}: {exc.strerror}"
+                ) from exc
+        with _pkcs12_as_pem(pkcs12_data, key_password) as (cert_path, key_path, password):
+            _load_cert_chain(context, cert_path, key_path, password)
+    elif certfile is not None:
+        _load_cert_chain(context, certfile, keyfile or certfile, key_password)
+    context.set_alpn_protocols(list(alpn_protocols))
+    context.peer_policy = server_policy
+    return context
+
+
+def tls_extension(ssl_object: ssl.SSLObject, server_cert_pem: str | None) -> dict[str, Any]:
+    """Build the ASGI TLS extension (spec 0.2) for one connection.
+
+    ``client_cert_chain`` is leaf first, PEM. Python 3.11 exposes the verified chain only
+    through the private ``_sslobj.get_verified_chain()`` (public from 3.13); the leaf alone
+    is used when that is unavailable.
+    """
+    chain_pem: list[str] = []
+    getter = getattr(ssl_object, "get_verified_chain", None) or getattr(
+        getattr(ssl_object, "_sslobj", None), "get_verified_chain", None
+    )
+    if getter is not None:
+        chain_pem = [
+            cert.public_bytes(ssl._ssl.ENCODING_PEM)  # type: ignore[attr-defined]
+            for cert in getter()
+        ]
+    else:
+        leaf = ssl_object.getpeercert(binary_form=True)
+        if leaf is not None:
+            chain_pem = [ssl.DER_cert_to_PEM_cert(leaf)]
+    leaf_der = ssl_object.getpeercert(binary_form=True)
+    name = PeerIdentity.from_der(leaf_der).subject if leaf_der else None
+    version = ssl_object.version()
+    cipher = ssl_object.cipher()
+    return {
+        "server_cert": server_cert_pem,
+        "client_cert_chain": chain_pem,
+        "client_cert_name": name,
+        # CERT_REQUIRED: a connection only exists when verification succeeded.
+        "client_cert_error": None,
+        "tls_version": _TLS_VERSION_CODES.get(version or ""),
+        "cipher_suite": _cipher_code(cipher[0]) if cipher else None,
+    }
+
+
+# ASGI TLS spec: tls_version is the 16-bit TLS protocol version number.
+_TLS_VERSION_CODES = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
+
+
+def _cipher_code(name: str) -> int | None:
+    return _CIPHER_IDS.get(name)
+
+
+def _cipher_ids() -> dict[str, int]:
+    # ASGI TLS spec: cipher_suite is the 16-bit IANA id. The stdlib reports names only;
+    # get_ciphers() carries the id in the low 16 bits of "id".
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    return {c["name"]: c["id"] & 0xFFFF for c in probe.get_ciphers()}
+
+
+_CIPHER_IDS = _cipher_ids()
