@@ -7,6 +7,8 @@ import datetime as dt
 import functools
 import hashlib
 import ipaddress
+import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 
 from mtls_hooks._errors import ConfigurationError
 
-__all__ = ["PeerIdentity", "cert_fingerprint", "spki_pin"]
+__all__ = ["PeerIdentity", "cert_fingerprint", "peer_from_scope", "spki_pin"]
 
 _SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
 
@@ -151,3 +153,27 @@ def _identity_from_der(der: bytes) -> PeerIdentity:
     except ValueError as exc:
         raise ConfigurationError("not a DER X.509 certificate") from exc
     return PeerIdentity.from_certificate(cert)
+
+
+def peer_from_scope(scope: Mapping[str, Any]) -> PeerIdentity | None:
+    """Return the verified client identity of an ASGI scope, or ``None`` without one.
+
+    Reads the ASGI TLS extension (spec 0.2) that the mtls-hooks server puts in every
+    HTTP and WebSocket scope: ``extensions["tls"]["client_cert_chain"][0]`` is the leaf.
+    """
+    tls = (scope.get("extensions") or {}).get("tls")
+    if not tls:
+        return None
+    chain = tls.get("client_cert_chain") or ()
+    if not chain:
+        return None
+    return _identity_from_pem(chain[0])
+
+
+@functools.lru_cache(maxsize=1024)
+def _identity_from_pem(pem: str) -> PeerIdentity:
+    try:
+        der = ssl.PEM_cert_to_DER_cert(pem)
+    except ValueError as exc:
+        raise ConfigurationError("client_cert_chain[0] is not a PEM certificate") from exc
+    return _identity_from_der(der)
