@@ -272,7 +272,7 @@ class CA(Ledger, CertifiedKey):
             window=validity(not_before, not_after, DEFAULT_LEAF_VALIDITY),
         )
         self._record(cert, common_name or str(names[0].value))
-        return IssuedCert(cert, leaf_key, self._chain())
+        return IssuedCert(cert, leaf_key, self.issuing_chain)
 
     def issue_server(
         self,
@@ -339,7 +339,7 @@ class CA(Ledger, CertifiedKey):
         cert = self.renew_certificate(
             issued.certificate, not_before=not_before, not_after=not_after
         )
-        return IssuedCert(cert, issued.private_key, self._chain())
+        return IssuedCert(cert, issued.private_key, self.issuing_chain)
 
     def renew_certificate(
         self,
@@ -368,6 +368,10 @@ class CA(Ledger, CertifiedKey):
 
     # -- internals -----------------------------------------------------------------------
 
-    def _chain(self) -> tuple[x509.Certificate, ...]:
-        # Peers get the intermediates, never the root: they must already trust it.
+    @property
+    def issuing_chain(self) -> tuple[x509.Certificate, ...]:
+        """What a leaf of this CA sends after itself: the intermediates, nearest first.
+
+        Never the root: peers must already trust it, and sending it only costs bytes.
+        """
         return (self.certificate, *self.parents[:-1]) if self.parents else ()
