@@ -1,0 +1,312 @@
+"""Serving an ASGI app on Hypercorn over pinned mTLS, with the ASGI ``tls`` extension.
+
+Hypercorn 0.18 offers neither client-certificate pinning nor the ASGI TLS extension
+(pgjones/hypercorn#62, #324). Two seams close the gap (see ../shared/DESIGN.md):
+
+* ``Config.create_ssl_context()`` (a supported override) returns our
+  :class:`~mtls_hooks._tls.PinningContext`, whose ``sslobject_class`` refuses unpinned
+  clients inside the handshake, before one HTTP byte is parsed;
+* ``hypercorn.asyncio.run`` looks ``TCPServer`` up once per connection, so a subclass swapped
+  in there sees ``writer.get_extra_info("ssl_object")`` and wraps the app so that every HTTP
+  and WebSocket scope carries ``extensions["tls"]`` (ASGI TLS spec 0.2). This relies on
+  internals: hypercorn is pinned to one minor series and
+  ``tests/serving/test_tls_extension.py`` fails loudly if ``tls`` stops reaching the scope.
+
+Under TLS 1.3 the client finishes its side of the handshake before the server has checked
+the client certificate, so a refused client sees only a dropped connection (no alert it can
+show). The reason is logged here, server-side, in one structured line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.sslproto
+import contextlib
+import functools
+import logging
+import signal
+import socket
+import ssl
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any
+
+import hypercorn.asyncio.run as hypercorn_run
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+from hypercorn.utils import wrap_app
+
+from mtls_hooks._config import ServerConfig, parse_bind
+from mtls_hooks._errors import ConfigurationError
+from mtls_hooks._reload import TLSMaterial
+from mtls_hooks._tls import HandshakeRefusal, tls_extension
+
+__all__ = ["create_sockets", "log_refusal", "serve_async"]
+
+refusal_logger = logging.getLogger("mtls_hooks.tls")
+_LISTEN_BACKLOG = 2048  # bursts of new handshakes must not overflow into SYN retries
+
+
+# --------------------------------------------------------------------------- refusal log
+
+
+def _handshake_peer(conn: ssl.SSLObject | ssl.SSLSocket) -> str:
+    if isinstance(conn, ssl.SSLSocket):
+        with contextlib.suppress(OSError):
+            return _format_addr(conn.getpeername())
+        return "unknown"
+    # An SSLObject is memory-BIO only and knows nothing of the socket, and there is no
+    # public API from it to its transport. The asyncio SSLProtocol driving the handshake is
+    # a few frames up (SSLProtocol._do_handshake -> do_handshake -> _tls hooks -> here);
+    # its transport knows the peer. Anything else (uvloop, anyio) falls back to "unknown".
+    frame = sys._getframe(1)
+    for _ in range(12):
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, asyncio.sslproto.SSLProtocol):
+            transport = getattr(owner, "_transport", None)
+            if transport is not None:
+                return _format_addr(transport.get_extra_info("peername"))
+            break
+        if frame.f_back is None:
+            break
+        frame = frame.f_back
+    return "unknown"
+
+
+def _format_addr(addr: Any) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host, port = addr[0], addr[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return "unknown" if addr is None else str(addr)
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+
+
+def log_refusal(conn: ssl.SSLObject | ssl.SSLSocket, refusal: HandshakeRefusal) -> None:
+    """Log one refused handshake as one ``key=value`` line on the ``mtls_hooks.tls`` logger.
+
+    Fields: ``peer`` (address), ``reason``, ``subject`` and ``spki`` (when the chain
+    verified and only the pins failed; ``-`` otherwise), ``detail``. Never key material:
+    a pin is a hash of a public key.
+    """
+    identity = refusal.identity
+    refusal_logger.warning(
+        "event=handshake_refused peer=%s reason=%s subject=%s spki=%s detail=%s",
+        _handshake_peer(conn),
+        refusal.reason,
+        _quote(identity.subject) if identity else "-",
+        identity.spki_pin if identity else "-",
+        _quote(refusal.detail),
+    )
+
+
+# --------------------------------------------------------------------------- tls in scope
+
+
+class _MtlsHypercornConfig(HypercornConfig):
+    """A hypercorn config whose TLS context is the reloadable, pinning one."""
+
+    def __init__(self, material: TLSMaterial, ready: Callable[[], None] | None) -> None:
+        super().__init__()
+        self.material = material
+        self._ready = ready
+
+    @property
+    def ssl_enabled(self) -> bool:
+        return True
+
+    def create_ssl_context(self) -> ssl.SSLContext:
+        # worker_serve calls this after lifespan startup and right before start_server on
+        # the (already listening) sockets: the right moment to say "ready".
+        if self._ready is not None:
+            asyncio.get_running_loop().call_soon(self._ready)
+        return self.material.listening_context
+
+
+class _TLSScopeApp:
+    """Hypercorn AppWrapper adding this connection's ``tls`` extension to every scope."""
+
+    __slots__ = ("_app", "_tls")
+
+    def __init__(self, app: Any, tls: dict[str, Any]) -> None:
+        self._app = app
+        self._tls = tls
+
+    async def __call__(
+        self, scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any
+    ) -> None:
+        if scope["type"] in ("http", "websocket"):
+            tls = {**self._tls, "client_cert_chain": list(self._tls["client_cert_chain"])}
+            # A fresh dict per scope: nothing the app does leaks into another request.
+            scope = {**scope, "extensions": {**(scope.get("extensions") or {}), "tls": tls}}
+        await self._app(scope, receive, send, sync_spawn, call_soon)
+
+
+_ORIGINAL_TCP_SERVER: Any = getattr(hypercorn_run, "TCPServer", None)
+
+
+class _TLSTCPServer(_ORIGINAL_TCP_SERVER):  # type: ignore[misc]
+    def __init__(  # noqa: PLR0917 - hypercorn's positional signature
+        self,
+        app: Any,
+        loop: asyncio.AbstractEventLoop,
+        config: HypercornConfig,
+        context: Any,
+        state: Any,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        # Other hypercorn servers in this process (a baseline, another app) stay stock.
+        if isinstance(config, _MtlsHypercornConfig):
+            ssl_object = writer.get_extra_info("ssl_object")
+            if ssl_object is not None:
+                pem = config.material.server_cert_pem(ssl_object.context)
+                app = _TLSScopeApp(app, tls_extension(ssl_object, pem))
+        super().__init__(app, loop, config, context, state, reader, writer)
+
+
+_patch_lock = threading.Lock()
+_patch_users = 0
+
+
+@contextlib.contextmanager
+def _tls_scope_patch() -> Iterator[None]:
+    """Swap hypercorn's TCPServer for ours while at least one mTLS server runs."""
+    global _patch_users  # noqa: PLW0603 - one process-wide patch, reference-counted
+    if _ORIGINAL_TCP_SERVER is None:
+        raise ConfigurationError(
+            "this hypercorn has no hypercorn.asyncio.run.TCPServer; mtls-hooks supports 0.18.x"
+        )
+    with _patch_lock:
+        if _patch_users == 0:
+            setattr(hypercorn_run, "TCPServer", _TLSTCPServer)  # noqa: B010
+        _patch_users += 1
+    try:
+        yield
+    finally:
+        with _patch_lock:
+            _patch_users -= 1
+            if _patch_users == 0:
+                setattr(hypercorn_run, "TCPServer", _ORIGINAL_TCP_SERVER)  # noqa: B010
+
+
+# --------------------------------------------------------------------------- serving
+
+
+def create_sockets(config: ServerConfig) -> list[socket.socket]:
+    """Bind and listen on every ``config.bind`` address (SO_REUSEADDR, IPv6-only for v6).
+
+    Raises:
+        ConfigurationError: if an address cannot be bound.
+    """
+    sockets: list[socket.socket] = []
+    try:
+        for bind in config.bind:
+            host, port = parse_bind(bind)
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            try:
+                sock = socket.create_server(
+                    (host, port), family=family, backlog=_LISTEN_BACKLOG, reuse_port=False
+                )
+            except OSError as exc:
+                raise ConfigurationError(f"cannot bind {bind}: {exc.strerror}") from exc
+            sock.setblocking(False)
+            sockets.append(sock)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _hypercorn_config(
+    config: ServerConfig, material: TLSMaterial, ready: Callable[[], None] | None
+) -> _MtlsHypercornConfig:
+    hc = _MtlsHypercornConfig(material, ready)
+    hc.bind = list(config.bind)
+    hc.insecure_bind = []
+    hc.quic_bind = []  # HTTP/3 ignores client certificates
+    hc.alpn_protocols = ["h2", "http/1.1"]
+    hc.backlog = _LISTEN_BACKLOG
+    hc.workers = 1  # per process; the supervisor runs the others
+    hc.ssl_handshake_timeout = config.handshake_timeout_s
+    hc.keep_alive_timeout = config.keep_alive_timeout_s
+    hc.read_timeout = config.read_timeout_s  # type: ignore[assignment]
+    hc.keep_alive_max_requests = config.keep_alive_max_requests
+    hc.h11_max_incomplete_size = config.max_header_bytes
+    hc.h2_max_header_list_size = config.max_header_bytes
+    hc.graceful_timeout = config.graceful_timeout_s
+    hc.accesslog = None
+    # A Logger object is used as is: hypercorn then adds no handler of its own.
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.loglevel = config.log_level
+    hc.include_server_header = False
+    return hc
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+async def serve_async(
+    app: Any,
+    config: ServerConfig,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
+    sockets: Sequence[socket.socket] | None = None,
+    ready: Callable[[], None] | None = None,
+    material: TLSMaterial | None = None,
+) -> None:
+    """Serve ``app`` in the running event loop until ``shutdown_trigger`` returns.
+
+    Args:
+        app: an ASGI application (a Quart app, or any ASGI 3 callable).
+        config: the server configuration; ``config.workers`` is ignored here (one process).
+        shutdown_trigger: awaited; when it returns the server shuts down gracefully.
+            Without it, SIGINT/SIGTERM stop the server when running in the main thread.
+        sockets: listening sockets to serve on instead of binding ``config.bind``; they
+            are closed when serving ends.
+        ready: called once the server accepts connections.
+        material: pre-built TLS material (to call :meth:`TLSMaterial.reload` from outside).
+
+    Raises:
+        ConfigurationError: invalid certificate, key, CA, CRL or pins; unbindable address.
+    """
+    loop = asyncio.get_running_loop()
+    if material is None:
+        material = TLSMaterial(config, on_refusal=log_refusal)
+    listening = list(sockets) if sockets is not None else create_sockets(config)
+    cleanups: list[Callable[[], Any]] = []
+    stop_watching = asyncio.Event()
+    watcher: asyncio.Task[None] | None = None
+    try:
+        if _in_main_thread():
+            cleanups.append(material.install_signal_handler(loop))
+        if shutdown_trigger is None:
+            stop = asyncio.Event()
+            if _in_main_thread():
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(signum, stop.set)
+                    cleanups.append(functools.partial(loop.remove_signal_handler, signum))
+            shutdown_trigger = stop.wait
+        if config.watch_files:
+            watcher = loop.create_task(material.watch(stop_watching))
+        hc = _hypercorn_config(config, material, ready)
+        with _tls_scope_patch():
+            await hypercorn_run.worker_serve(
+                wrap_app(app, hc.wsgi_max_body_size, "asgi"),
+                hc,
+                sockets=Sockets(listening, [], []),
+                shutdown_trigger=shutdown_trigger,
+            )
+    finally:
+        stop_watching.set()
+        if watcher is not None:
+            await watcher
+        for cleanup in reversed(cleanups):
+            cleanup()
+        for sock in listening:
+            sock.close()
