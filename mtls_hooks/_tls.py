@@ -259,11 +259,11 @@ def create_server_context(
     context.options |= ssl.OP_NO_TICKET | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.num_tickets = 0
     _load_cert_chain(context, certfile, keyfile, key_password)
-    pem = "".join(
-        ca.public_bytes(serialization.Encoding.PEM).decode("ascii") for ca in cas
-    ) + "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in crls)
-    context.load_verify_locations(cadata=pem)
+    context.load_verify_locations(
+        cadata="".join(ca.public_bytes(serialization.Encoding.PEM).decode("ascii") for ca in cas)
+    )
     if crls:
+        _load_crls(context, crls)
         context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     # The whole point: a client without a certificate from client_ca never completes the
     # handshake (hypercorn's own context defaults to CERT_NONE).
@@ -273,6 +273,17 @@ def create_server_context(
     context.on_refusal = on_refusal
     context.description = ", ".join(os.fspath(p) for p in client_ca)
     return context
+
+
+def _load_crls(context: ssl.SSLContext, crls: Sequence[x509.CertificateRevocationList]) -> None:
+    # load_verify_locations(cadata=...) reads certificates only and silently drops CRLs;
+    # only the file lookup (X509_load_cert_crl_file) loads CRLs into the store.
+    pem = b"".join(crl.public_bytes(serialization.Encoding.PEM) for crl in crls)
+    with tempfile.TemporaryDirectory(prefix="mtls-hooks-crl-") as tmp:
+        path = os.path.join(tmp, "crls.pem")
+        with open(path, "wb") as handle:
+            handle.write(pem)
+        context.load_verify_locations(cafile=path)
 
 
 def _load_cert_chain(
