@@ -156,6 +156,20 @@ class ServerConfig:
                 "the CA vouches for"
             )
 
+    def check_files(self) -> None:
+        """Build the TLS context once to prove every file is readable and consistent.
+
+        Construction checks values only, so that a config can be built, replaced and
+        pickled cheaply; :func:`mtls_hooks.serve` calls this before binding any socket.
+
+        Raises:
+            ConfigurationError: unreadable files, a key not matching the certificate, a
+                wrong passphrase, a CRL missing for a client CA.
+        """
+        from mtls_hooks._reload import build_snapshot
+
+        build_snapshot(self, on_refusal=None)
+
     def peer_policy(self) -> PeerPolicy:
         """Return the handshake policy built from ``pins``, ``allow`` and ``allow_any_client``.
 

@@ -102,10 +102,7 @@ def serve(
         return 0
     spec = app if isinstance(app, str) else _spec_of(app)
     load_app(spec)  # fail in the parent, with one clear line, not N times in workers
-    # Validate the TLS material once up front for the same reason.
-    from mtls_hooks._reload import build_snapshot
-
-    build_snapshot(config, on_refusal=None)
+    config.check_files()  # the same for the TLS material
     listening = list(sockets) if sockets is not None else create_sockets(config)
     try:
         return _supervise(spec, config, listening, ready)
