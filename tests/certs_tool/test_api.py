@@ -6,6 +6,8 @@ import datetime as dt
 import ipaddress
 import ssl
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -295,3 +297,22 @@ def test_plugin_fixtures(
     extra = certs_issue_client("extra", uris=["spiffe://test.example/extra"])
     assert isinstance(extra, IssuedCert)
     extra.certificate.verify_directly_issued_by(certs_ca.certificate)
+
+
+def test_lazy_exports_match_all() -> None:
+    assert set(certs_tool._HOME) == set(certs_tool.__all__)
+    assert set(certs_tool.__all__) <= set(dir(certs_tool))
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = certs_tool.no_such_name
+
+
+def test_plugin_import_is_light() -> None:
+    # Importing the entry point must not import the implementation (see certs_tool/__init__).
+    code = (
+        "import sys, certs_tool.pytest_plugin; "
+        "print(sorted(m for m in sys.modules if m.startswith(('certs_tool.', 'mtls_hooks'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, check=True, timeout=30
+    ).stdout
+    assert out.strip() == b"['certs_tool.pytest_plugin']"
