@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from certs_tool import CA
+from certs_tool import CA, IssuedCert
 from certs_tool._cli import main
 
 from .test_openssl import _openssl_pin, openssl
@@ -210,3 +210,39 @@ def test_errors_are_one_line(
     assert err.count("\n") == 1, err
     assert err.startswith("certs-tool: error: ")
     assert message in err
+
+
+def test_pin_and_inspect_accept_every_key_form(
+    capsys: pytest.CaptureFixture[str], certs_client: IssuedCert, tmp_path: Path
+) -> None:
+    cert = certs_client.cert_pem.write_to_path(tmp_path / "c.pem")
+    expected = "sha256/" + _openssl_pin(cert)
+    forms = {
+        "public.pem": openssl("x509", "-pubkey", "-noout", "-in", str(cert)).stdout,
+        "cert.der": openssl("x509", "-outform", "DER", "-in", str(cert)).stdout,
+        "key.pem": certs_client.private_key_pem().bytes(),
+        "chain.pem": certs_client.chain_pem.bytes(),
+    }
+    for name, data in forms.items():
+        (tmp_path / name).write_bytes(data)
+        code, out, err = run(capsys, "pin", str(tmp_path / name))
+        assert (code, out.strip()) == (0, expected), (name, err)
+    code, out, _ = run(capsys, "inspect", "--json", str(tmp_path / "public.pem"))
+    assert json.loads(out) == [{"type": "public key", "key_type": "ec-p256", "spki_pin": expected}]
+    certs_client.private_key_pem(b"pw").write_to_path(tmp_path / "enc.pem")
+    code, out, _ = run(capsys, "inspect", "--json", str(tmp_path / "enc.pem"))
+    assert json.loads(out) == [{"type": "private key", "encrypted": True}]
+    code, out, _ = run(capsys, "inspect", str(tmp_path / "key.pem"))
+    assert expected in out
+
+
+def test_renew_in_place_needs_force(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    ca_dir = tmp_path / "ca"
+    CA.init(ca_dir).issue_client("svc").chain_pem.write_to_path(tmp_path / "svc.pem")
+    code, _, err = run(capsys, "renew", "--ca", str(ca_dir), str(tmp_path / "svc.pem"))
+    assert code == 1
+    assert "already exists" in err
+    before = (tmp_path / "svc.pem").read_bytes()
+    code, _, err = run(capsys, "renew", "--ca", str(ca_dir), str(tmp_path / "svc.pem"), "--force")
+    assert code == 0, err
+    assert (tmp_path / "svc.pem").read_bytes() != before
