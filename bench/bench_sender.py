@@ -1,0 +1,270 @@
+"""Sender throughput against nginx mTLS on 127.0.0.1: our layer against the raw libraries.
+
+In one run, with the same nginx (one worker pinned to core 0) and this process pinned to core 1,
+each case sends signed 1 KiB JSON deliveries and reports deliveries/s:
+
+* ``naive``: a new ``httpx.Client`` (new context, new handshake) per delivery;
+* ``sync``: our :class:`WebhookSender`, pooled;
+* ``async@N``: our :class:`AsyncWebhookSender` with N in flight (``send_many``);
+* ``aiohttp@N``: raw aiohttp at the same concurrency, headers signed once: the ceiling;
+* ``httpx-async@N``: raw ``httpx.AsyncClient`` (a quarter of the deliveries: it is slow),
+  the evidence for choosing aiohttp.
+
+Cases run interleaved for ``rounds`` rounds; the median of each is reported. Pooled cases warm
+their connections first (not timed): the steady state is what a busy sender sees.
+
+Run: ``.venv/bin/python -m bench.bench_sender [--deliveries 2000] [--rounds 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import os
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+
+from certs_tool import CA
+from mtls_hooks._retry import RetryPolicy
+from mtls_hooks._sender import WebhookMessage
+from mtls_hooks._sender_async import AsyncWebhookSender
+from mtls_hooks._sender_sync import WebhookSender
+from mtls_hooks._signing import Signer, parse_key
+from mtls_hooks._tls import create_client_context
+from tests.nginx import run_nginx
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # noqa: S105 - the spec's public test vector
+CONCURRENCY = (8, 32, 64)
+# A 1 KiB JSON document, the size the issue measures.
+PAYLOAD = {"type": "invoice.paid", "data": {"id": "inv_1", "note": "x" * 980}}
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    cert: Path
+    key: Path
+    server_cert: Path
+    server_key: Path
+
+
+def _pki(directory: Path) -> Pki:
+    ca = CA()
+    server = ca.issue_server("localhost", "127.0.0.1")
+    client = ca.issue_client(common_name="bench sender")
+    paths = Pki(*(directory / n for n in ("ca.pem", "c.pem", "c.key", "s.pem", "s.key")))
+    ca.cert_pem.write_to_path(paths.ca)
+    client.chain_pem.write_to_path(paths.cert)
+    client.private_key_pem().write_to_path(paths.key)
+    server.chain_pem.write_to_path(paths.server_cert)
+    server.private_key_pem().write_to_path(paths.server_key)
+    return paths
+
+
+def _pin_to_core(core: int) -> bool:
+    try:
+        os.sched_setaffinity(0, {core})
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
+def _body() -> bytes:
+    import json
+
+    return json.dumps(PAYLOAD, separators=(",", ":")).encode()
+
+
+class Cases:
+    """Each case returns deliveries/s for ``n`` deliveries to ``url``."""
+
+    def __init__(self, pki: Pki, url: str, n: int) -> None:
+        self.pki, self.url, self.n = pki, url, n
+        self.body = _body()
+        self.signer = Signer([parse_key(SECRET)])  # type: ignore[list-item]
+        self.tls = {"ca_file": pki.ca, "certfile": pki.cert, "keyfile": pki.key}
+
+    def _context(self) -> ssl.SSLContext:
+        return create_client_context(
+            ca_file=self.pki.ca, certfile=self.pki.cert, keyfile=self.pki.key
+        )
+
+    def _sender_kwargs(self) -> dict[str, Any]:
+        return {"signing_keys": SECRET, **self.tls, "retry": RetryPolicy.interactive()}
+
+    def _headers(self) -> dict[str, str]:
+        signed = self.signer.sign(self.body, webhook_id=Signer.new_webhook_id())
+        return {"content-type": "application/json", **signed.as_dict()}
+
+    def naive(self) -> float:
+        # What naive code does: a client (and an SSL context, and a handshake) per delivery.
+        started = time.perf_counter()
+        for _ in range(self.n):
+            with httpx.Client(verify=self._context()) as client:
+                client.post(self.url, content=self.body, headers=self._headers()).raise_for_status()
+        return self.n / (time.perf_counter() - started)
+
+    def sync(self) -> float:
+        with WebhookSender(**self._sender_kwargs(), max_connections=1) as sender:
+            sender.send(self.url, b"warm-up")
+            started = time.perf_counter()
+            for _ in range(self.n):
+                sender.send(self.url, self.body)
+            return self.n / (time.perf_counter() - started)
+
+    async def ours_async(self, concurrency: int) -> float:
+        async with AsyncWebhookSender(
+            **self._sender_kwargs(), max_connections=concurrency
+        ) as sender:
+            warm = [WebhookMessage(self.url, b"w") for _ in range(concurrency)]
+            await sender.send_many(warm)
+            messages = [WebhookMessage(self.url, self.body) for _ in range(self.n)]
+            started = time.perf_counter()
+            results = await sender.send_many(messages, concurrency=concurrency)
+            elapsed = time.perf_counter() - started
+        assert all(r.ok for r in results)
+        return self.n / elapsed
+
+    async def _fan_out(
+        self, concurrency: int, post: Callable[[dict[str, str]], Awaitable[None]], n: int
+    ) -> float:
+        headers = self._headers()  # signed once: the raw library without our layer
+        await asyncio.gather(*(post(headers) for _ in range(concurrency)))
+        pending = iter(range(n))
+
+        async def worker() -> None:
+            for _ in pending:
+                await post(headers)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return n / (time.perf_counter() - started)
+
+    async def raw_aiohttp(self, concurrency: int) -> float:
+        connector = aiohttp.TCPConnector(ssl=self._context(), limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def post(headers: dict[str, str]) -> None:
+                async with session.post(self.url, data=self.body, headers=headers) as answer:
+                    await answer.read()
+                    assert answer.status == 200
+
+            return await self._fan_out(concurrency, post, self.n)
+
+    async def raw_httpx_async(self, concurrency: int) -> float:
+        limits = httpx.Limits(max_connections=concurrency)
+        async with httpx.AsyncClient(verify=self._context(), limits=limits) as client:
+
+            async def post(headers: dict[str, str]) -> None:
+                answer = await client.post(self.url, content=self.body, headers=headers)
+                assert answer.status_code == 200
+
+            # A quarter of the deliveries: at ~100-400/s the full count would dominate the run.
+            return await self._fan_out(concurrency, post, max(1, self.n // 4))
+
+
+@contextlib.contextmanager
+def _nginx(workdir: Path, pki: Pki) -> Iterator[str]:
+    with run_nginx(
+        workdir / "nginx",
+        cert=pki.server_cert,
+        key=pki.server_key,
+        client_ca=pki.ca,
+        worker_cpu=0 if (os.cpu_count() or 1) > 1 else None,
+    ) as nginx:
+        yield nginx.url + "/hook"
+
+
+def measure(deliveries: int = 2000, rounds: int = 3) -> dict[str, float]:
+    """Run every case ``rounds`` times, interleaved; return the median deliveries/s of each."""
+    pinned = (os.cpu_count() or 1) > 1 and _pin_to_core(1)
+    samples: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-sender-") as tmp:
+        pki = _pki(Path(tmp))
+        with _nginx(Path(tmp), pki) as url:
+            cases = Cases(pki, url, deliveries)
+            plan: list[tuple[str, Callable[[], float]]] = [
+                ("naive", cases.naive),
+                ("sync", cases.sync),
+            ]
+            for c in CONCURRENCY:
+                plan.append((f"async@{c}", functools.partial(_run, cases.ours_async, c)))
+                plan.append((f"aiohttp@{c}", functools.partial(_run, cases.raw_aiohttp, c)))
+                plan.append((f"httpx-async@{c}", functools.partial(_run, cases.raw_httpx_async, c)))
+            for _ in range(rounds):
+                for name, case in plan:
+                    samples.setdefault(name, []).append(case())
+    result = {name: statistics.median(values) for name, values in samples.items()}
+    result["_pinned"] = float(pinned)
+    return result
+
+
+def _run(case: Callable[[int], Coroutine[Any, Any, float]], concurrency: int) -> float:
+    return asyncio.run(case(concurrency))
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, object]]:
+    """Measure and print the table; return its rows for ``bench/run_all.py``.
+
+    Each row: ``bench``, ``case``, ``value`` (deliveries/s), ``unit``, ``note``; then the
+    ratio rows with ``target`` and ``ok``.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--deliveries", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    rates = measure(args.deliveries, args.rounds)
+    pinned = bool(rates.pop("_pinned"))
+    rows: list[dict[str, object]] = [
+        {
+            "bench": "sender",
+            "case": name,
+            "value": round(rate),
+            "unit": "deliveries/s",
+            "note": f"median of {args.rounds}, {args.deliveries} x 1 KiB"
+            + (", nginx core 0 / client core 1" if pinned else ", unpinned"),
+        }
+        for name, rate in rates.items()
+    ]
+    ratios = [
+        ("sync / naive", rates["sync"] / rates["naive"], 5.0),
+        ("async@32 / sync", rates["async@32"] / rates["sync"], 2.0),
+        ("async@32 / aiohttp@32", rates["async@32"] / rates["aiohttp@32"], 0.8),
+        ("async@64 / async@8", rates["async@64"] / rates["async@8"], 1.0),
+    ]
+    for name, ratio, target in ratios:
+        rows.append(
+            {
+                "bench": "sender",
+                "case": name,
+                "value": round(ratio, 2),
+                "unit": "ratio",
+                "target": f">= {target:g}",
+                "ok": ratio >= target,
+            }
+        )
+    width = max(len(str(r["case"])) for r in rows)
+    for row in rows:
+        extra = (
+            f"  (target {row['target']}: {'ok' if row['ok'] else 'MISSED'})"
+            if "target" in row
+            else ""
+        )
+        print(f"{row['case']:<{width}}  {row['value']:>8} {row['unit']}{extra}")
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

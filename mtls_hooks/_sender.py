@@ -1,0 +1,393 @@
+"""The half of the webhook senders that does no I/O, shared by both twins.
+
+:class:`WebhookSender` (``_sender_sync``, httpx) and :class:`AsyncWebhookSender`
+(``_sender_async``, aiohttp; httpx when ``http2=True``) derive from :class:`_SenderBase`. It
+builds the TLS context once, serialises the payload once, signs each attempt with a fresh
+timestamp and the same ``webhook-id``, classifies answers and failures, records attempts and
+turns the last failure into one of our errors (the one translation boundary). The twins only
+send bytes and loop with tenacity.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import math
+import re
+import ssl
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import httpx
+import tenacity
+
+from mtls_hooks._errors import (
+    ConfigurationError,
+    DeliveryError,
+    EndpointGoneError,
+    PinError,
+    RetriesExhaustedError,
+    StatusError,
+    TLSError,
+    TransportError,
+)
+from mtls_hooks._policy import PeerPolicy
+from mtls_hooks._results import Attempt, DeliveryResult
+from mtls_hooks._retry import (
+    RETRYABLE_STATUS_CODES,
+    AttemptFailed,
+    RetryPolicy,
+    parse_retry_after,
+    stop_before_deadline,
+)
+from mtls_hooks._signing import Signer, SigningKey, parse_key
+from mtls_hooks._tls import PathLike, create_client_context
+
+__all__ = ["WebhookMessage"]
+
+_USER_AGENT = "mtls-hooks/0.1"
+_TAG = re.compile(r"<[^>]*>")
+_SNIPPET_CHARS = 200
+# TLS alerts by which a receiver refuses *our* certificate: no retry can fix those either.
+_CLIENT_CERT_ALERTS = (
+    "ALERT_CERTIFICATE",  # _EXPIRED, _REVOKED, _UNKNOWN, _REQUIRED, BAD_CERTIFICATE
+    "ALERT_BAD_CERTIFICATE",
+    "ALERT_UNKNOWN_CA",
+    "ALERT_ACCESS_DENIED",
+    "ALERT_HANDSHAKE_FAILURE",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookMessage:
+    """One delivery for ``send_many``; the fields mean what ``send``'s arguments mean."""
+
+    url: str
+    payload: object
+    event_type: str | None = None
+    webhook_id: str | None = None
+
+
+@dataclass(slots=True)
+class _Delivery:
+    url: str
+    body: bytes
+    webhook_id: str
+    deadline: stop_before_deadline | None
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+@functools.lru_cache(maxsize=1024)  # senders post to few URLs, many times
+def _is_https_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme == "https" and bool(parts.hostname)
+
+
+def _cause_chain(exc: BaseException) -> Iterable[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _snippet(body: bytes) -> str:
+    # Error pages are often HTML (nginx's "<h1>410 Gone</h1>"): keep the words, not the tags.
+    text = _TAG.sub(" ", body[: _SNIPPET_CHARS * 4].decode("utf-8", "replace"))
+    return " ".join(text.split())[:_SNIPPET_CHARS]
+
+
+class _SenderBase:
+    """The shared, I/O-free half of both senders; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        signing_keys: SigningKey | str | Sequence[SigningKey | str],
+        ca_file: PathLike | None = None,
+        certfile: PathLike | None = None,
+        keyfile: PathLike | None = None,
+        key_password: bytes | str | None = None,
+        pkcs12_file: PathLike | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        pins: Iterable[str] = (),
+        retry: RetryPolicy | None = None,
+        max_connections: int = 32,
+        http2: bool = False,
+        headers: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] | None = None,
+    ) -> None:
+        """Build the TLS context and the signer once, for every delivery of this sender.
+
+        Args:
+            signing_keys: one key or several during a rotation: ``HmacSecret`` /
+                ``Ed25519SigningKey`` objects or their ``whsec_`` / ``whsk_`` text.
+            ca_file: PEM bundle trusted for receivers; ``None`` uses the system store.
+            certfile: client certificate chain (PEM), with ``keyfile``.
+            keyfile: client private key (PEM, optionally encrypted).
+            key_password: passphrase of ``keyfile`` or ``pkcs12_file``.
+            pkcs12_file: client key and certificate as PKCS#12, instead of PEM files.
+            ssl_context: a ready context, instead of every TLS argument above.
+            pins: receiver SPKI pins (``sha256/...``) or certificate fingerprints, checked
+                inside the handshake: an unpinned receiver never sees one request byte.
+            retry: the retry policy; :meth:`RetryPolicy.default` when ``None``.
+            max_connections: pool size, and the default concurrency of ``send_many``.
+            http2: offer HTTP/2 (needs the ``h2`` package; the async twin then uses httpx).
+            headers: extra headers for every request.
+            clock: wall clock in epoch seconds, for signature timestamps and HTTP-dates.
+            monotonic: clock of the total deadline.
+            sleep: how to wait between tries; the sync twin calls it, the async twin awaits
+                it if it returns an awaitable. Tests inject one so they never sleep.
+
+        Raises:
+            ConfigurationError: unreadable certificate files, a wrong passphrase, a bad key
+                or pin, pins given with a foreign ``ssl_context``, ``max_connections < 1``.
+        """
+        keys = [signing_keys] if isinstance(signing_keys, str | bytes) else signing_keys
+        if not isinstance(keys, Sequence):
+            keys = [keys]
+        parsed = [parse_key(k) if isinstance(k, str) else k for k in keys]
+        self._signer = Signer(parsed, clock=clock)  # type: ignore[arg-type]  # Signer checks
+        pins = list(pins)
+        if ssl_context is None:
+            password = key_password.encode() if isinstance(key_password, str) else key_password
+            ssl_context = create_client_context(
+                ca_file=ca_file,
+                certfile=certfile,
+                keyfile=keyfile,
+                key_password=password,
+                pkcs12_file=pkcs12_file,
+                server_policy=PeerPolicy.from_rules(pins=pins) if pins else None,
+                alpn_protocols=("h2", "http/1.1") if http2 else ("http/1.1",),
+            )
+        elif pins:
+            raise ConfigurationError(
+                "pins need the context this sender builds: drop ssl_context, or build it "
+                "with mtls_hooks create_client_context(server_policy=...)"
+            )
+        if max_connections < 1:
+            raise ConfigurationError("max_connections must be at least 1")
+        self._ssl_context = ssl_context
+        self._trust = getattr(ssl_context, "description", "the configured CA")
+        self._pin_count = len(pins)
+        self.retry = retry or RetryPolicy.default()
+        self.max_connections = max_connections
+        self.http2 = http2
+        self._headers = {
+            "content-type": "application/json",
+            "user-agent": _USER_AGENT,
+            **{k.lower(): v for k, v in (headers or {}).items()},
+        }
+        self._clock = clock
+        self._monotonic = monotonic
+        self._sleep = sleep
+
+    def __repr__(self) -> str:
+        # Never the keys: only what an operator needs to tell senders apart.
+        return (
+            f"{type(self).__name__}(trust={self._trust!r}, pins={self._pin_count}, "
+            f"http2={self.http2}, max_connections={self.max_connections})"
+        )
+
+    # -- one delivery ------------------------------------------------------------------
+
+    def _start(
+        self, url: str, payload: object, event_type: str | None, webhook_id: str | None
+    ) -> _Delivery:
+        if not _is_https_url(url):
+            raise ConfigurationError(f"webhook URL must be https://host/...: {url!r}")
+        if isinstance(payload, bytes | bytearray | memoryview):
+            if event_type is not None:
+                raise ConfigurationError("event_type wraps a payload; bytes are sent verbatim")
+            body = bytes(payload)
+        else:
+            if event_type is not None:
+                # The Standard Webhooks payload envelope: {"type", "timestamp", "data"}.
+                when = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
+                stamp = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                payload = {"type": event_type, "timestamp": stamp, "data": payload}
+            try:
+                body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(f"payload is not JSON-serialisable: {exc}") from exc
+        deadline = None
+        if self.retry.deadline_s is not None:
+            deadline = stop_before_deadline(
+                self._monotonic() + self.retry.deadline_s, self._monotonic
+            )
+        return _Delivery(url, body, webhook_id or Signer.new_webhook_id(), deadline)
+
+    def _sign(self, delivery: _Delivery) -> dict[str, str]:
+        # A fresh timestamp (and so a fresh signature) per attempt keeps retries inside the
+        # receiver's tolerance; the same id lets it dedupe them.
+        signed = self._signer.sign(
+            delivery.body, webhook_id=delivery.webhook_id, timestamp=math.floor(self._clock())
+        )
+        return {**self._headers, **signed.as_dict()}
+
+    def _timeout_s(self, delivery: _Delivery) -> float:
+        timeout = self.retry.attempt_timeout_s
+        if delivery.deadline is not None:
+            left = delivery.deadline.deadline - self._monotonic()
+            timeout = max(0.001, min(timeout, left))
+        return timeout
+
+    def _retrying_kwargs(self, delivery: _Delivery) -> dict[str, Any]:
+        stop = self.retry.stop
+        if delivery.deadline is not None:
+            stop = stop | delivery.deadline
+        return {
+            "stop": stop,
+            "wait": self.retry.wait,
+            "retry": self.retry.retry,
+            "before_sleep": lambda state: self._record_wait(delivery, state),
+            "reraise": True,
+        }
+
+    @staticmethod
+    def _replaying(
+        first: AttemptFailed, attempt: Callable[[_Delivery], None]
+    ) -> Callable[[_Delivery], None]:
+        """Wrap ``attempt`` so tenacity's attempt 1 re-raises ``first`` without I/O.
+
+        Both twins make the first try outside tenacity: a delivery answered 2xx at once (the
+        common case) then skips ~40 µs of tenacity's per-call machinery, a fifth of an
+        aiohttp request. Replaying the failure keeps attempt numbers, stop and wait exact.
+        """
+        replayed = False
+
+        def replay_then_attempt(delivery: _Delivery) -> None:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                raise first
+            attempt(delivery)
+
+        return replay_then_attempt
+
+    def _record_wait(self, delivery: _Delivery, state: tenacity.RetryCallState) -> None:
+        last = delivery.attempts[-1]
+        delivery.attempts[-1] = Attempt(
+            last.number,
+            last.status_code,
+            last.latency_s,
+            last.error,
+            last.detail,
+            wait_s=state.upcoming_sleep,
+            wait_reason=self.retry.wait_reason(state),
+        )
+
+    def _answer(
+        self,
+        delivery: _Delivery,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        latency_s: float,
+    ) -> None:
+        """Record an HTTP answer; raise AttemptFailed unless it is a 2xx."""
+        number = len(delivery.attempts) + 1
+        if 200 <= status < 300:
+            delivery.attempts.append(Attempt(number, status, latency_s))
+            return
+        retry_after_s = None
+        detail = _snippet(body)
+        retryable = status in RETRYABLE_STATUS_CODES
+        if retryable:
+            retry_after_s = parse_retry_after(headers.get("retry-after"), now=self._clock())
+            if retry_after_s is not None:
+                detail = f"Retry-After {headers.get('retry-after')}"
+        delivery.attempts.append(Attempt(number, status, latency_s, detail=detail))
+        if status == 410:
+            kind, message = "gone", f"endpoint gone (410) at {delivery.url}: stop sending to it"
+        elif 300 <= status < 400:
+            kind = "redirect"
+            message = (
+                f"receiver answered {status} (Location: {headers.get('location', '-')}); "
+                "redirects are never followed: update the endpoint URL"
+            )
+        else:
+            kind = "status"
+            message = f"receiver answered {status}" + (f": {detail}" if detail else "")
+        raise AttemptFailed(
+            message, retryable=retryable, kind=kind, status_code=status, retry_after_s=retry_after_s
+        )
+
+    def _failed(self, delivery: _Delivery, exc: BaseException, latency_s: float) -> AttemptFailed:
+        """Classify an httpx, aiohttp, ssl or OS failure of one try, and record it."""
+        failure = self._classify(exc)
+        delivery.attempts.append(
+            Attempt(len(delivery.attempts) + 1, None, latency_s, failure.error, detail=str(failure))
+        )
+        return failure
+
+    def _classify(self, exc: BaseException) -> AttemptFailed:
+        for inner in _cause_chain(exc):
+            name = type(inner).__name__
+            if isinstance(inner, PinError):
+                return AttemptFailed(
+                    f"server SPKI {inner.spki_pin} not in pins (subject {inner.subject!r})",
+                    retryable=False,
+                    kind="tls",
+                    error=name,
+                )
+            if isinstance(inner, ssl.SSLCertVerificationError):
+                why = inner.verify_message or inner.reason or str(inner)
+                if "hostname" in str(why).lower():
+                    message = f"server certificate does not match the URL host ({why})"
+                else:
+                    message = f"server certificate not trusted by {self._trust} ({why})"
+                return AttemptFailed(message, retryable=False, kind="tls", error=name)
+            reason = str(getattr(inner, "reason", None) or inner)
+            if isinstance(inner, ssl.SSLError) and any(
+                alert in reason.upper() for alert in _CLIENT_CERT_ALERTS
+            ):
+                reason = reason.lower().replace("_", " ")
+                return AttemptFailed(
+                    f"receiver refused our client certificate ({reason})",
+                    retryable=False,
+                    kind="tls",
+                    error=name,
+                )
+        name = type(exc).__name__
+        text = str(exc) or name
+        if isinstance(exc, httpx.TimeoutException | TimeoutError):
+            return AttemptFailed(f"{name}: no answer in time", retryable=True, kind="timeout",
+                                 error=name)  # fmt: skip
+        if isinstance(exc, httpx.ConnectError | aiohttp.ClientConnectorError):
+            return AttemptFailed(f"cannot connect: {text}", retryable=True, kind="connect",
+                                 error=name)  # fmt: skip
+        return AttemptFailed(f"{name}: {text}", retryable=True, kind="transport", error=name)
+
+    def _result(self, delivery: _Delivery, error: DeliveryError | None = None) -> DeliveryResult:
+        return DeliveryResult(delivery.url, delivery.webhook_id, tuple(delivery.attempts), error)
+
+    def _final_error(self, delivery: _Delivery, failure: AttemptFailed) -> DeliveryError:
+        """Turn the last failed try into one of our errors, with the full result attached."""
+        error: DeliveryError
+        if failure.retryable:
+            tries = len(delivery.attempts)
+            why = (
+                f"deadline of {self.retry.deadline_s:g} s"
+                if delivery.deadline is not None and delivery.deadline.fired
+                else "attempt limit"
+            )
+            error = RetriesExhaustedError(f"gave up after {tries} attempt(s) ({why}): {failure}")
+        elif failure.kind == "tls":
+            error = TLSError(str(failure))
+        elif failure.kind == "gone":
+            error = EndpointGoneError(str(failure), status_code=410)
+        elif failure.status_code is not None:
+            error = StatusError(str(failure), status_code=failure.status_code)
+        else:
+            error = TransportError(str(failure))
+        error.result = self._result(delivery, error)
+        return error

@@ -1,0 +1,212 @@
+"""The asynchronous twin: :class:`AsyncWebhookSender`, over one aiohttp ``ClientSession``.
+
+aiohttp rather than ``httpx.AsyncClient``: with 32-64 requests in flight httpx's pool spends
+its time rescanning connections (encode/httpx#3215; fixes in encode/httpcore#924, #928 and
+#1035 are unreleased) and delivers a fraction of aiohttp's rate; ``bench/bench_sender.py``
+measures both. HTTP/2 needs httpx (aiohttp speaks only HTTP/1.1), so ``http2=True`` uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Self
+
+import aiohttp
+import httpx
+import tenacity
+
+from mtls_hooks._errors import ConfigurationError, DeliveryError
+from mtls_hooks._results import DeliveryResult
+from mtls_hooks._retry import AttemptFailed
+from mtls_hooks._sender import WebhookMessage, _Delivery, _SenderBase
+
+__all__ = ["AsyncWebhookSender"]
+
+
+def _async_sleep(sleep: Callable[[float], Any] | None) -> Callable[[float], Awaitable[None]]:
+    if sleep is None:
+        return asyncio.sleep
+
+    async def wrapped(seconds: float) -> None:
+        waited = sleep(seconds)
+        if inspect.isawaitable(waited):
+            await waited
+
+    return wrapped
+
+
+class AsyncWebhookSender(_SenderBase):
+    """Sends webhooks from asyncio over one pooled keep-alive connection set.
+
+    Same constructor and method names as :class:`WebhookSender`. Use ``async with``, or
+    await :meth:`aclose`.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        """Take the same arguments as :class:`WebhookSender`.
+
+        Raises:
+            ConfigurationError: see :class:`WebhookSender`.
+        """
+        super().__init__(**kwargs)
+        self._async_sleep = _async_sleep(self._sleep)
+        self._session: aiohttp.ClientSession | None = None
+        self._httpx: httpx.AsyncClient | None = None
+        self._closed = False
+        self._default_timeout = aiohttp.ClientTimeout(total=self.retry.attempt_timeout_s)
+        if self.http2:
+            self._httpx = httpx.AsyncClient(
+                verify=self._ssl_context,
+                http2=True,
+                follow_redirects=False,
+                trust_env=False,
+                timeout=self.retry.attempt_timeout_s,
+                limits=httpx.Limits(max_connections=self.max_connections),
+            )
+
+    def _aiohttp(self) -> aiohttp.ClientSession:
+        # Created on first use: aiohttp binds a session to the running event loop.
+        if self._closed:
+            raise ConfigurationError(f"{type(self).__name__} is closed")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl_context, limit=self.max_connections),
+                cookie_jar=aiohttp.DummyCookieJar(),  # no receiver's cookie follows us
+                timeout=self._default_timeout,
+            )
+        return self._session
+
+    async def send(
+        self,
+        url: str,
+        payload: object,
+        *,
+        event_type: str | None = None,
+        webhook_id: str | None = None,
+    ) -> DeliveryResult:
+        """Deliver one webhook, retrying per the policy; see :meth:`WebhookSender.send`.
+
+        Returns:
+            The result, with every attempt, when the receiver answered 2xx.
+
+        Raises:
+            TLSError: the receiver's certificate is not trusted or not pinned, or it
+                refused ours. Never retried.
+            EndpointGoneError: the receiver answered 410.
+            StatusError: a 3xx or a 4xx/5xx that is not retried.
+            RetriesExhaustedError: retryable failures until the attempt limit or deadline.
+            ConfigurationError: a bad URL, payload or webhook id, or a closed sender.
+        """
+        delivery = self._start(url, payload, event_type, webhook_id)
+        try:
+            await self._attempt(delivery)
+        except AttemptFailed as first:
+            retrying = tenacity.AsyncRetrying(
+                sleep=self._async_sleep, **self._retrying_kwargs(delivery)
+            )
+            try:
+                await retrying(self._replaying_async(first, self._attempt), delivery)
+            except AttemptFailed as failure:
+                raise self._final_error(delivery, failure) from failure.__cause__
+        return self._result(delivery)
+
+    @staticmethod
+    def _replaying_async(
+        first: AttemptFailed, attempt: Callable[[_Delivery], Awaitable[None]]
+    ) -> Callable[[_Delivery], Awaitable[None]]:
+        replayed = False
+
+        async def replay_then_attempt(delivery: _Delivery) -> None:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                raise first
+            await attempt(delivery)
+
+        return replay_then_attempt
+
+    async def _attempt(self, delivery: _Delivery) -> None:
+        headers = self._sign(delivery)
+        timeout = self._timeout_s(delivery)
+        started = time.perf_counter()
+        status: int
+        answer_headers: Mapping[str, str]
+        try:
+            if self._httpx is not None:
+                response = await self._httpx.post(
+                    delivery.url, content=delivery.body, headers=headers, timeout=timeout
+                )
+                status, answer_headers, body = (
+                    response.status_code,
+                    response.headers,
+                    response.content,
+                )
+            else:
+                client_timeout = (
+                    self._default_timeout
+                    if timeout == self.retry.attempt_timeout_s
+                    else aiohttp.ClientTimeout(total=timeout)
+                )
+                async with self._aiohttp().post(
+                    delivery.url,
+                    data=delivery.body,
+                    headers=headers,
+                    allow_redirects=False,  # Standard Webhooks: a 3xx is a failure
+                    timeout=client_timeout,
+                ) as answer:
+                    body = await answer.read()
+                    status, answer_headers = answer.status, answer.headers
+        except (httpx.HTTPError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self._failed(delivery, exc, time.perf_counter() - started) from exc
+        self._answer(delivery, status, answer_headers, body, time.perf_counter() - started)
+
+    async def send_many(
+        self, messages: Iterable[WebhookMessage], *, concurrency: int | None = None
+    ) -> list[DeliveryResult]:
+        """Deliver many webhooks with at most ``concurrency`` in flight.
+
+        Returns:
+            One result per message, in order; a failed one carries its error in ``.error``.
+
+        Raises:
+            ConfigurationError: a bad URL, payload or webhook id in any message.
+        """
+        queue = list(messages)
+        results: list[DeliveryResult | None] = [None] * len(queue)
+        pending = iter(enumerate(queue))
+
+        async def worker() -> None:
+            # Workers pull from one iterator: no task or semaphore per message.
+            for index, message in pending:
+                try:
+                    results[index] = await self.send(
+                        message.url,
+                        message.payload,
+                        event_type=message.event_type,
+                        webhook_id=message.webhook_id,
+                    )
+                except DeliveryError as exc:
+                    results[index] = exc.result
+
+        workers = min(concurrency or self.max_connections, max(1, len(queue)))
+        async with asyncio.TaskGroup() as group:
+            for _ in range(workers):
+                group.create_task(worker())
+        return [r for r in results if r is not None]
+
+    async def aclose(self) -> None:
+        """Close every pooled connection; the sender cannot be used afterwards."""
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()
+        if self._httpx is not None:
+            await self._httpx.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -1,0 +1,142 @@
+"""The synchronous twin: :class:`WebhookSender`, over one pooled keep-alive ``httpx.Client``."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.cookiejar
+import time
+from collections.abc import Iterable
+from typing import Any, Self
+
+import httpx
+import tenacity
+
+from mtls_hooks._errors import DeliveryError
+from mtls_hooks._results import DeliveryResult
+from mtls_hooks._retry import AttemptFailed
+from mtls_hooks._sender import WebhookMessage, _Delivery, _SenderBase
+
+__all__ = ["WebhookSender"]
+
+
+class WebhookSender(_SenderBase):
+    """Sends webhooks synchronously over one pooled, keep-alive ``httpx.Client``.
+
+    Thread-safe. Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        """Take the arguments documented on :class:`_SenderBase` (same as the async twin).
+
+        Raises:
+            ConfigurationError: see :class:`_SenderBase`.
+        """
+        super().__init__(**kwargs)
+        self._client = httpx.Client(
+            verify=self._ssl_context,
+            http2=self.http2,
+            follow_redirects=False,  # Standard Webhooks: a 3xx is a failure
+            trust_env=False,  # no proxy or CA from the environment behind the caller's back
+            timeout=self.retry.attempt_timeout_s,
+            limits=httpx.Limits(
+                max_connections=self.max_connections,
+                max_keepalive_connections=self.max_connections,
+            ),
+            # A receiver's cookies must not follow us to the next delivery.
+            cookies=http.cookiejar.CookieJar(
+                http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+            ),
+        )
+
+    def send(
+        self,
+        url: str,
+        payload: object,
+        *,
+        event_type: str | None = None,
+        webhook_id: str | None = None,
+    ) -> DeliveryResult:
+        """Deliver one webhook, retrying per the policy.
+
+        Args:
+            url: the receiver's ``https://`` endpoint.
+            payload: JSON-serialisable data, or ``bytes`` sent verbatim.
+            event_type: wraps ``payload`` in the Standard Webhooks envelope
+                ``{"type", "timestamp", "data"}``.
+            webhook_id: the idempotency key; a fresh ``msg_...`` when ``None``.
+
+        Returns:
+            The result, with every attempt, when the receiver answered 2xx.
+
+        Raises:
+            TLSError: the receiver's certificate is not trusted or not pinned, or it
+                refused ours. Never retried.
+            EndpointGoneError: the receiver answered 410.
+            StatusError: a 3xx or a 4xx/5xx that is not retried.
+            RetriesExhaustedError: retryable failures until the attempt limit or deadline.
+            ConfigurationError: a bad URL, payload or webhook id.
+        """
+        delivery = self._start(url, payload, event_type, webhook_id)
+        try:
+            self._attempt(delivery)
+        except AttemptFailed as first:
+            # Only a failed first try pays for tenacity; it is replayed there as attempt 1
+            # so the policy sees every try (see _SenderBase._replaying).
+            retrying = tenacity.Retrying(
+                sleep=self._sleep or time.sleep, **self._retrying_kwargs(delivery)
+            )
+            try:
+                retrying(self._replaying(first, self._attempt), delivery)
+            except AttemptFailed as failure:
+                raise self._final_error(delivery, failure) from failure.__cause__
+        return self._result(delivery)
+
+    def _attempt(self, delivery: _Delivery) -> None:
+        headers = self._sign(delivery)
+        started = time.perf_counter()
+        try:
+            response = self._client.post(
+                delivery.url,
+                content=delivery.body,
+                headers=headers,
+                timeout=self._timeout_s(delivery),
+            )
+        except (httpx.HTTPError, OSError) as exc:
+            raise self._failed(delivery, exc, time.perf_counter() - started) from exc
+        latency = time.perf_counter() - started
+        self._answer(delivery, response.status_code, response.headers, response.content, latency)
+
+    def send_many(
+        self, messages: Iterable[WebhookMessage], *, concurrency: int | None = None
+    ) -> list[DeliveryResult]:
+        """Deliver many webhooks on up to ``concurrency`` threads (default: ``max_connections``).
+
+        Returns:
+            One result per message, in order; a failed one carries its error in ``.error``.
+
+        Raises:
+            ConfigurationError: a bad URL, payload or webhook id in any message.
+        """
+
+        def one(message: WebhookMessage) -> DeliveryResult:
+            try:
+                return self.send(message.url, message.payload, event_type=message.event_type,
+                                 webhook_id=message.webhook_id)  # fmt: skip
+            except DeliveryError as exc:
+                if exc.result is None:  # pragma: no cover - _final_error always sets it
+                    raise
+                return exc.result
+
+        workers = concurrency or self.max_connections
+        with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="webhook") as pool:
+            return list(pool.map(one, messages))
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
