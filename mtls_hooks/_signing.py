@@ -15,12 +15,11 @@ from __future__ import annotations
 import binascii
 import hmac
 import math
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol, TypeAlias
+from typing import Final, Literal, NamedTuple, Protocol, TypeAlias, TypeGuard
 
 from cryptography.exceptions import InvalidSignature
 
@@ -48,6 +47,7 @@ Version: TypeAlias = Literal["v1", "v1a"]
 ID_HEADER: Final = "webhook-id"
 TIMESTAMP_HEADER: Final = "webhook-timestamp"
 SIGNATURE_HEADER: Final = "webhook-signature"
+_NAMES: Final = (ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)
 
 # Caps on attacker-controlled input: a receiver must not spend unbounded CPU before it knows
 # the request is authentic. 64 KiB is far above any real rotation (2-3 entries of <= 92 chars);
@@ -58,21 +58,21 @@ MAX_CANDIDATE_SIGNATURES: Final = 16
 _HMAC_SIGNATURE_BYTES: Final = 32
 _ED25519_SIGNATURE_BYTES: Final = 64
 
-# Printable ASCII without space and without "." : the spec warns that an id containing "."
-# makes `id.timestamp.body` ambiguous ("Signature scheme": "not be allowed to include any `.`").
-_WEBHOOK_ID_RE: Final = re.compile(r"[\x21-\x2d\x2f-\x7e]+")
 # Canonical integer seconds only (spec: "integer unix timestamp"), so the header text is exactly
 # str(int): no sign, no leading zero, no fraction. 12 digits reach the year 33658; a 13-digit
 # value is almost always milliseconds and is reported as such.
-_TIMESTAMP_RE: Final = re.compile(r"0|[1-9][0-9]{0,11}")
+MAX_TIMESTAMP_DIGITS: Final = 12
 
 
 class _SupportsGet(Protocol):
     def get(self, key: str, /) -> str | None: ...
 
 
-HeadersLike: TypeAlias = Mapping[str, str] | _SupportsGet | Iterable[tuple[str, str]]
-"""A dict, Quart/werkzeug ``Headers``, or ``(name, value)`` pairs; names are case-insensitive."""
+HeadersLike: TypeAlias = (
+    Mapping[str, str] | _SupportsGet | Iterable[tuple[str, str]] | Iterable[tuple[bytes, bytes]]
+)
+"""A dict, Quart/werkzeug ``Headers``, or ``(name, value)`` pairs of ``str`` or of ``bytes``
+(an ASGI scope's ``headers``); names are case-insensitive."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +92,11 @@ class SignedHeaders:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class VerifiedMessage:
+class VerifiedMessage(NamedTuple):
     """What :meth:`Verifier.verify` established about an authentic request.
+
+    A named tuple rather than a frozen dataclass: it is built on every request and costs
+    ~0.2 µs instead of ~0.7 µs.
 
     Attributes:
         webhook_id: the ``webhook-id``: the idempotency key for dedupe.
@@ -111,11 +113,17 @@ def _signed_prefix(webhook_id: str, timestamp: int) -> bytes:
     return f"{webhook_id}.{timestamp}.".encode("ascii")
 
 
-def _valid_webhook_id(webhook_id: object) -> bool:
+def _valid_webhook_id(webhook_id: object) -> TypeGuard[str]:
+    # Printable ASCII without space or ".": the spec warns that an id containing "." makes
+    # `id.timestamp.body` ambiguous ("Signature scheme": "not be allowed to include any `.`").
+    # str methods instead of a regex: this runs on every request (~0.15 µs vs ~0.5 µs).
     return (
         isinstance(webhook_id, str)
         and 0 < len(webhook_id) <= MAX_WEBHOOK_ID_CHARS
-        and _WEBHOOK_ID_RE.fullmatch(webhook_id) is not None
+        and webhook_id.isascii()
+        and webhook_id.isprintable()
+        and " " not in webhook_id
+        and "." not in webhook_id
     )
 
 
@@ -186,37 +194,36 @@ class Signer:
         return "msg_" + secrets.token_urlsafe(16)
 
 
-def _header(headers: HeadersLike, name: str) -> str | None:
-    """Look one header up case-insensitively; ``None`` if absent.
+def _read_headers(headers: HeadersLike) -> tuple[object, object, object]:
+    """Look the three headers up case-insensitively; ``None`` for an absent one.
 
     Raises:
-        SignatureError: the header appears twice with different values, or is not text.
+        SignatureError: a header appears twice with different values.
     """
-    value: object = None
-    if isinstance(headers, Mapping) or (
-        hasattr(headers, "get") and not isinstance(headers, list | tuple)
-    ):
-        value = headers.get(name)
-        if value is None and isinstance(headers, Mapping):
-            # A plain dict is case-sensitive; HTTP header names are not (RFC 9110 §5.1).
-            found = [v for k, v in headers.items() if isinstance(k, str) and k.lower() == name]
-            value = _single(found, name)
-    else:
-        found = [v for k, v in headers if isinstance(k, str) and k.lower() == name]
-        value = _single(found, name)
-    if value is not None and not isinstance(value, str):
-        raise SignatureError(f"{name} header is not text", reason="malformed-header")
-    return value
+    get = None if isinstance(headers, list | tuple) else getattr(headers, "get", None)
+    if get is None:
+        pairs: Iterable[tuple[object, object]] = headers  # type: ignore[assignment]
+        return _lookup(pairs)
+    values = (get(ID_HEADER), get(TIMESTAMP_HEADER), get(SIGNATURE_HEADER))
+    if None in values and isinstance(headers, Mapping):
+        # A plain dict is case-sensitive; HTTP header names are not (RFC 9110 §5.1).
+        return _lookup(headers.items())
+    return values
 
 
-def _single(found: list[object], name: str) -> object:
-    if not found:
-        return None
-    if any(v != found[0] for v in found[1:]):
-        raise SignatureError(
-            f"{name} header appears with different values", reason="malformed-header"
-        )
-    return found[0]
+def _lookup(pairs: Iterable[tuple[object, object]]) -> tuple[object, object, object]:
+    found: dict[str, object] = {}
+    for raw_name, raw_value in pairs:
+        name, value = raw_name, raw_value
+        if isinstance(raw_name, bytes):  # ASGI raw headers are latin-1 bytes (ASGI HTTP spec).
+            name = raw_name.decode("latin-1")
+            value = raw_value.decode("latin-1") if isinstance(raw_value, bytes) else raw_value
+        name = name.lower() if isinstance(name, str) else None
+        if name in _NAMES and found.setdefault(name, value) != value:
+            raise SignatureError(
+                f"{name} header appears with different values", reason="malformed-header"
+            )
+    return found.get(ID_HEADER), found.get(TIMESTAMP_HEADER), found.get(SIGNATURE_HEADER)
 
 
 class Verifier:
@@ -281,22 +288,15 @@ class Verifier:
             TimestampError: ``reason`` is ``"malformed-timestamp"``, ``"stale-timestamp"`` or
                 ``"future-timestamp"``.
         """
-        webhook_id = _header(headers, ID_HEADER)
-        timestamp_text = _header(headers, TIMESTAMP_HEADER)
-        signature_text = _header(headers, SIGNATURE_HEADER)
+        values = _read_headers(headers)
+        webhook_id, timestamp_text, signature_text = values
         if not (webhook_id and timestamp_text and signature_text):
-            missing = [
-                name
-                for name, value in (
-                    (ID_HEADER, webhook_id),
-                    (TIMESTAMP_HEADER, timestamp_text),
-                    (SIGNATURE_HEADER, signature_text),
-                )
-                if not value
-            ]
-            raise SignatureError(
-                f"missing header(s): {', '.join(missing)}", reason="missing-header"
+            missing = ", ".join(
+                name for name, value in zip(_NAMES, values, strict=True) if not value
             )
+            raise SignatureError(f"missing header(s): {missing}", reason="missing-header")
+        if not (isinstance(timestamp_text, str) and isinstance(signature_text, str)):
+            raise SignatureError("webhook headers must be text", reason="malformed-header")
         if not _valid_webhook_id(webhook_id):
             raise SignatureError(
                 f"webhook-id must be 1-{MAX_WEBHOOK_ID_CHARS} printable ASCII characters "
@@ -336,7 +336,12 @@ class Verifier:
         )
 
     def _check_timestamp(self, text: str) -> int:
-        if not _TIMESTAMP_RE.fullmatch(text):
+        if not (
+            0 < len(text) <= MAX_TIMESTAMP_DIGITS
+            and text.isascii()
+            and text.isdigit()
+            and (text[0] != "0" or text == "0")
+        ):
             millis = text.isascii() and text.isdigit() and len(text) == 13
             hint = " (milliseconds? seconds are expected)" if millis else ""
             raise TimestampError(
@@ -379,15 +384,17 @@ def _parse_signatures(
     Raises:
         SignatureError: oversized or non-ASCII header, too many entries, or no usable entry.
     """
-    if len(text) > MAX_SIGNATURE_HEADER_CHARS or not text.isascii():
+    entries = text.split() if len(text) <= MAX_SIGNATURE_HEADER_CHARS and text.isascii() else []
+    if not entries:
         raise SignatureError(
-            f"webhook-signature must be ASCII and at most {MAX_SIGNATURE_HEADER_CHARS} characters",
+            "webhook-signature must be non-blank ASCII of at most "
+            f"{MAX_SIGNATURE_HEADER_CHARS} characters",
             reason="malformed-header",
         )
     hmac_candidates: list[bytes] = []
     ed_candidates: list[bytes] = []
     known = malformed = unwanted = 0
-    for entry in text.split():
+    for entry in entries:
         version, comma, encoded = entry.partition(",")
         if version == "v1":
             size, bucket, wanted = _HMAC_SIGNATURE_BYTES, hmac_candidates, hmac_wanted
@@ -422,14 +429,8 @@ def _parse_signatures(
             "(v1: 32 bytes, v1a: 64 bytes)",
             reason="malformed-header",
         )
+    schemes = [name for name, on in (("v1", hmac_wanted), ("v1a", ed_wanted)) if on]
     raise SignatureError(
-        "webhook-signature has no signature of a configured scheme "
-        f"({_schemes(hmac_wanted, ed_wanted)})",
+        f"webhook-signature has no signature of the configured scheme(s): {', '.join(schemes)}",
         reason="no-matching-scheme",
-    )
-
-
-def _schemes(hmac_wanted: bool, ed_wanted: bool) -> str:
-    return " or ".join(
-        name for name, on in (("v1 for HMAC", hmac_wanted), ("v1a for Ed25519", ed_wanted)) if on
     )
