@@ -172,19 +172,25 @@ class EndpointSettings:
     body_timeout_s: float
     event_type: EventTypeExtractor
 
-    def identity_refusal(self, peer: PeerIdentity | None) -> str | None:
-        """Return why ``peer`` may not use this endpoint, or ``None`` when it may."""
+    def identity_refusal(self, peer: PeerIdentity | None) -> tuple[str, str] | None:
+        """Return ``(reason, detail)`` when ``peer`` may not use this endpoint, else ``None``.
+
+        The reason codes are those of :func:`mtls_hooks._authz.require_peer`.
+        """
         if peer is None:
             if self.require_peer or self.policy is not None:
                 return (
+                    "no-client-certificate",
                     "no verified client certificate: this endpoint needs mTLS "
-                    "(serve it with mtls_hooks, which passes the peer certificate to the app)"
+                    "(serve it with mtls_hooks, which passes the peer certificate to the app)",
                 )
             return None
-        if self.policy is None:
+        if self.policy is None or self.policy.allows(peer):
             return None
-        reason = self.policy.check(peer)
-        return None if reason is None else f"client certificate not allowed here: {reason}"
+        return (
+            "identity-not-allowed",
+            f"client {peer.subject!r} ({peer.spki_pin}) is not allowed on this endpoint",
+        )
 
     def address_allowed(self, client: Any) -> bool:
         """True when the ASGI ``scope["client"]`` address is inside an allowed network."""

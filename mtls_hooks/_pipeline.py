@@ -103,9 +103,9 @@ class WebhookView:
         ep = self.ep
         if req.method != "POST":
             return _NOT_POST
-        refusal = ep.identity_refusal(peer)
-        if refusal is not None:
-            return Refusal(403, "identity", refusal)
+        identity_refusal = ep.identity_refusal(peer)
+        if identity_refusal is not None:
+            return Refusal(403, *identity_refusal)
         client = req.scope.get("client")
         if not ep.address_allowed(client):
             address = client[0] if client else "unknown"

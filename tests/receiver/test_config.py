@@ -1,0 +1,181 @@
+"""The extension the Quart way: init_app, app.config keys, precedence, typo rejection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from quart import Quart
+
+from mtls_hooks._errors import ConfigurationError
+from mtls_hooks._receiver import EXTENSION_KEY, WebhookReceiver
+from mtls_hooks._replay import MemoryDedupeStore, SQLiteDedupeStore
+from tests.receiver.conftest import Sender
+
+
+def make_app(**config: Any) -> Quart:
+    app = Quart(__name__)
+    app.config.update(config)
+    return app
+
+
+def test_init_app_later_registers_the_extension(sender: Sender) -> None:
+    hooks = WebhookReceiver(path="/hooks")
+    app = make_app(MTLS_HOOKS_KEYS=[sender.key])
+    hooks.init_app(app)
+    assert app.extensions[EXTENSION_KEY] is hooks
+    assert isinstance(hooks.store(app), MemoryDedupeStore)
+    assert any(rule.rule == "/hooks" for rule in app.url_map.iter_rules())
+
+
+def test_one_receiver_serves_several_apps(sender: Sender) -> None:
+    hooks = WebhookReceiver(path="/hooks")
+    first = make_app(MTLS_HOOKS_KEYS=[sender.key], MTLS_HOOKS_TOLERANCE_S=60)
+    second = make_app(MTLS_HOOKS_KEYS=[sender.key])
+    hooks.init_app(first)
+    hooks.init_app(second)
+    assert hooks.settings(first, "default").verifier.tolerance_s == 60
+    assert hooks.settings(second, "default").verifier.tolerance_s == 300
+    assert hooks.store(first) is not hooks.store(second)
+
+
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [
+        pytest.param("MTLS_HOOKS_TOLERANCE", "MTLS_HOOKS_TOLERANCE_S", id="missing-unit"),
+        pytest.param("MTLS_HOOKS_MAX_BODY_SIZE", "MTLS_HOOKS_MAX_BODY_BYTES", id="wrong-unit"),
+        pytest.param("MTLS_HOOKS_SECRETS", "MTLS_HOOKS_KEYS", id="secrets"),
+        pytest.param("MTLS_HOOKS_IP_ALLOWLIST", "MTLS_HOOKS_IP_ALLOW", id="allowlist"),
+        pytest.param("MTLS_HOOKS_DEDUPE_PAHT", "MTLS_HOOKS_DEDUPE_PATH", id="typo"),
+    ],
+)
+def test_unknown_config_key_names_the_closest(key: str, suggestion: str, sender: Sender) -> None:
+    app = make_app(MTLS_HOOKS_KEYS=[sender.key], **{key: 1})
+    with pytest.raises(ConfigurationError, match=f"unknown setting '{key}'") as info:
+        WebhookReceiver(app, path="/hooks")
+    if suggestion != "MTLS_HOOKS_KEYS":
+        assert repr(suggestion) in str(info.value)
+
+
+def test_server_settings_under_the_prefix_are_not_typos(sender: Sender) -> None:
+    app = make_app(MTLS_HOOKS_KEYS=[sender.key], MTLS_HOOKS_CLIENT_CA=["ca.pem"], OTHER=1)
+    WebhookReceiver(app, path="/hooks")
+
+
+def test_unknown_constructor_and_endpoint_options_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"'tolerance'.*'tolerance_s'"):
+        WebhookReceiver(tolerance=5)  # type: ignore[call-arg]
+    hooks = WebhookReceiver()
+    with pytest.raises(ConfigurationError, match=r"'max_body'.*'max_body_bytes'"):
+        hooks.endpoint("/x", max_body=5)  # type: ignore[call-arg]
+
+
+def test_precedence_endpoint_over_config_endpoint_over_receiver_over_config(
+    sender: Sender,
+) -> None:
+    app = make_app(
+        MTLS_HOOKS_KEYS=[sender.key],
+        MTLS_HOOKS_TOLERANCE_S="100",  # strings, as environment-fed config arrives
+        MTLS_HOOKS_MAX_BODY_BYTES="1000",
+        MTLS_HOOKS_CONTENT_TYPES="application/json, application/cloudevents+json",
+        MTLS_HOOKS_ENDPOINTS={
+            "a": {"max_body_bytes": 3000},
+            "b": {"max_body_bytes": 3000},
+            "c": {"path": "/from-config", "tolerance_s": 7},
+        },
+    )
+    hooks = WebhookReceiver(max_body_bytes=2000, tolerance_s=200)
+    hooks.endpoint("/a", name="a", max_body_bytes=4000)
+    hooks.endpoint("/b", name="b")
+    hooks.endpoint("/d", name="d")
+    hooks.init_app(app)
+    settings = {name: hooks.settings(app, name) for name in "abcd"}
+    assert settings["a"].max_body_bytes == 4000  # endpoint code wins
+    assert settings["b"].max_body_bytes == 3000  # then the endpoint's config entry
+    assert settings["d"].max_body_bytes == 2000  # then the receiver's options
+    assert settings["c"].verifier.tolerance_s == 7
+    assert settings["c"].path == "/from-config"
+    assert settings["d"].verifier.tolerance_s == 200
+    assert settings["b"].content_types == {"application/json", "application/cloudevents+json"}
+
+
+def test_config_only_receiver_falls_back_to_config_keys(sender: Sender) -> None:
+    app = make_app(MTLS_HOOKS_KEYS=sender.key, MTLS_HOOKS_TOLERANCE_S=30)
+    hooks = WebhookReceiver(app, path="/hooks")
+    assert hooks.settings(app, "default").verifier.tolerance_s == 30
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        pytest.param({}, "no signing keys", id="no-keys"),
+        pytest.param({"keys": "whsec_abc"}, "list of whsec_", id="key-not-a-list"),
+        pytest.param({"keys": ["whsk_" + "A" * 43 + "="]}, "Ed25519", id="signing-key"),
+        pytest.param({"keys": ["nope"]}, "unknown key format", id="junk-key"),
+        pytest.param({"ip_allow": ["10.0.0.1/8"]}, "ip_allow", id="cidr-host-bits"),
+        pytest.param({"basic_auth": ("a:b", "c")}, "username without ':'", id="basic-colon"),
+        pytest.param({"basic_auth": ("user", "")}, "password", id="basic-empty"),
+        pytest.param({"max_body_bytes": 0}, "max_body_bytes", id="zero-cap"),
+        pytest.param({"max_body_bytes": 1.5}, "integer", id="fractional-cap"),
+        pytest.param({"content_types": []}, "content_types", id="no-content-types"),
+        pytest.param({"allow": ["spiffe:x"]}, "identity rule", id="bad-identity-rule"),
+        pytest.param({"tolerance_s": -1}, "tolerance_s", id="negative-tolerance"),
+        pytest.param({"require_peer": "yes"}, "require_peer", id="require-peer-type"),
+        pytest.param({"event_type": "type"}, "callable", id="extractor-not-callable"),
+    ],
+)
+def test_invalid_endpoint_options(options: dict[str, Any], message: str, sender: Sender) -> None:
+    if "keys" not in options and message != "no signing keys":
+        options = {"keys": [sender.key], **options}
+    with pytest.raises(ConfigurationError, match=message):
+        WebhookReceiver(make_app(), path="/hooks", **options)
+
+
+def test_configuration_errors_never_echo_a_secret() -> None:
+    secret = "whsec_c2hvcnQ="  # decodes to 5 bytes: too short
+    with pytest.raises(ConfigurationError) as info:
+        WebhookReceiver(make_app(), path="/hooks", keys=[secret])
+    assert "c2hvcnQ" not in str(info.value)
+
+
+def test_duplicate_registrations_are_errors(sender: Sender) -> None:
+    hooks = WebhookReceiver(make_app(MTLS_HOOKS_KEYS=[sender.key]), path="/hooks")
+    hooks.on("a")(lambda event: None)
+    with pytest.raises(ConfigurationError, match="already registered"):
+        hooks.on("a")(lambda event: None)
+    hooks.on_any(lambda event: None)
+    with pytest.raises(ConfigurationError, match="fallback"):
+        hooks.fallback(lambda event: None)
+    with pytest.raises(ConfigurationError, match="declared twice"):
+        hooks.endpoint("/hooks", name="again")
+    with pytest.raises(ConfigurationError, match="non-empty"):
+        hooks.on("")
+
+
+def test_second_receiver_on_one_app_is_refused(sender: Sender) -> None:
+    app = make_app(MTLS_HOOKS_KEYS=[sender.key])
+    WebhookReceiver(app, path="/a")
+    with pytest.raises(ConfigurationError, match="already has"):
+        WebhookReceiver(app, path="/b")
+
+
+def test_config_endpoint_needs_a_path(sender: Sender) -> None:
+    app = make_app(MTLS_HOOKS_KEYS=[sender.key], MTLS_HOOKS_ENDPOINTS={"x": {}})
+    with pytest.raises(ConfigurationError, match="needs a 'path'"):
+        WebhookReceiver(app)
+
+
+def test_dedupe_path_selects_sqlite(sender: Sender, tmp_path: Path) -> None:
+    app = make_app(MTLS_HOOKS_KEYS=[sender.key], MTLS_HOOKS_DEDUPE_PATH=str(tmp_path / "d.db"))
+    hooks = WebhookReceiver(app, path="/hooks")
+    store = hooks.store(app)
+    assert isinstance(store, SQLiteDedupeStore)
+    store.close()
+
+
+def test_endpoint_declared_after_init_app_is_served(sender: Sender) -> None:
+    app = make_app(MTLS_HOOKS_KEYS=[sender.key])
+    hooks = WebhookReceiver(app)
+    hooks.endpoint("/late", name="late")
+    assert any(rule.rule == "/late" for rule in app.url_map.iter_rules())
