@@ -331,6 +331,8 @@ class _SenderBase:
 
     def _classify(self, exc: BaseException) -> AttemptFailed:
         for inner in _cause_chain(exc):
+            if isinstance(inner, aiohttp.ClientError):
+                continue  # aiohttp's wrappers subclass ssl errors; read the one they wrap
             name = type(inner).__name__
             if isinstance(inner, PinError):
                 return AttemptFailed(

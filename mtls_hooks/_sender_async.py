@@ -17,6 +17,7 @@ from typing import Any, Self
 import aiohttp
 import httpx
 import tenacity
+from aiohttp.connector import NEEDS_CLEANUP_CLOSED
 
 from mtls_hooks._errors import ConfigurationError, DeliveryError
 from mtls_hooks._results import DeliveryResult
@@ -24,6 +25,11 @@ from mtls_hooks._retry import AttemptFailed
 from mtls_hooks._sender import WebhookMessage, _Delivery, _SenderBase
 
 __all__ = ["AsyncWebhookSender"]
+
+# Before CPython 3.12.8/3.13.1 asyncio leaks an SSL transport whose peer never answers
+# close_notify (a receiver stalled past our timeout; fixed by python/cpython#118960): aiohttp
+# then aborts it itself. Its own flag says which versions need it; on the others it warns.
+_LEAKS_CLOSED_SSL: bool = NEEDS_CLEANUP_CLOSED
 
 
 def _async_sleep(sleep: Callable[[float], Any] | None) -> Callable[[float], Awaitable[None]]:
@@ -73,7 +79,11 @@ class AsyncWebhookSender(_SenderBase):
             raise ConfigurationError(f"{type(self).__name__} is closed")
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl_context, limit=self.max_connections),
+                connector=aiohttp.TCPConnector(
+                    ssl=self._ssl_context,
+                    limit=self.max_connections,
+                    enable_cleanup_closed=_LEAKS_CLOSED_SSL,
+                ),
                 cookie_jar=aiohttp.DummyCookieJar(),  # no receiver's cookie follows us
                 timeout=self._default_timeout,
             )

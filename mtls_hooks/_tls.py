@@ -299,7 +299,13 @@ def _load_cert_chain(
             raise ConfigurationError(
                 f"private key {os.fspath(keyfile)} does not match certificate {os.fspath(certfile)}"
             ) from exc
-        if "BAD_DECRYPT" in str(exc).upper() or "BAD PASSWORD" in str(exc).upper():
+        text = str(exc).upper()
+        # OpenSSL 3 reports a wrong passphrase on an encrypted PEM key as a bare "PEM lib".
+        if (
+            "BAD_DECRYPT" in text
+            or "BAD PASSWORD" in text
+            or ("PEM LIB" in text and b"ENCRYPTED" in Path(keyfile).read_bytes())
+        ):
             raise ConfigurationError(f"wrong passphrase for {os.fspath(keyfile)}") from exc
         raise ConfigurationError(
             f"cannot load {os.fspath(certfile)} / {os.fspath(keyfile)}: {exc.reason or exc}"
