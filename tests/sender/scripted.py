@@ -59,6 +59,7 @@ class ScriptedServer:
         self.script = list(script)
         self.requests: list[Recorded] = []
         self.http_bytes = 0
+        self.connections = 0
         self.handshake_errors: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -95,6 +96,8 @@ class ScriptedServer:
             self.handshake_errors.append(str(exc))
             raw.close()
             return
+        with self._lock:
+            self.connections += 1
         with conn:
             buffer = b""
             while not self._stop.is_set():
