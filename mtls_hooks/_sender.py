@@ -367,6 +367,13 @@ class _SenderBase:
         if isinstance(exc, httpx.ConnectError | aiohttp.ClientConnectorError):
             return AttemptFailed(f"cannot connect: {text}", retryable=True, kind="connect",
                                  error=name)  # fmt: skip
+        if isinstance(exc, httpx.RemoteProtocolError | aiohttp.ServerDisconnectedError):
+            # Under TLS 1.3 a receiver refusing our certificate after its handshake (our own
+            # receiver's pinning, for one) just drops the connection: say so, keep retrying.
+            text += (
+                " (if every attempt ends so, the receiver may be refusing our client "
+                "certificate: TLS 1.3 shows that only as a dropped connection)"
+            )
         return AttemptFailed(f"{name}: {text}", retryable=True, kind="transport", error=name)
 
     def _result(self, delivery: _Delivery, error: DeliveryError | None = None) -> DeliveryResult:

@@ -33,6 +33,7 @@ class SenderPki:
     directory: Path
     ca: CA
     server_pin: str
+    client_pin: str
 
     def path(self, name: str) -> Path:
         return self.directory / name
@@ -84,7 +85,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> SenderPki:
     expired.private_key_pem().write_to_path(directory / "expired.key")
     other = CA(name="some other CA")
     other.cert_pem.write_to_path(directory / "other-ca.pem")
-    return SenderPki(directory, ca, server.spki_pin)
+    return SenderPki(directory, ca, server.spki_pin, client.spki_pin)
 
 
 @dataclass
