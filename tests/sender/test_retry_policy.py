@@ -1,0 +1,153 @@
+"""The retry policy on its own: Retry-After parsing, backoff, schedules, replaceable parts."""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+
+from mtls_hooks._errors import ConfigurationError, StatusError
+from mtls_hooks._retry import (
+    AttemptFailed,
+    RetryPolicy,
+    parse_retry_after,
+    retry_if_retryable,
+    wait_backoff,
+    wait_retry_after,
+)
+from tests.sender.conftest import SECRET, FakeTime, SenderPki, deliver, exact_policy
+from tests.sender.scripted import ScriptedServer, Status
+
+NOW = 1_700_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        pytest.param("120", 120.0, id="seconds"),
+        pytest.param(" 0 ", 0.0, id="zero"),
+        pytest.param(email.utils.formatdate(NOW + 45, usegmt=True), 45.0, id="http-date"),
+        pytest.param(email.utils.formatdate(NOW - 600, usegmt=True), 0.0, id="date-in-past"),
+        pytest.param("Sun, 06 Nov 1994 08:49:37 -0000", 0.0, id="naive-date"),
+        pytest.param("-5", None, id="negative"),
+        pytest.param("1.5", None, id="fraction"),
+        pytest.param("soon", None, id="junk"),
+        pytest.param("", None, id="empty"),
+        pytest.param(None, None, id="absent"),
+    ],
+)
+def test_parse_retry_after(header: str | None, expected: float | None) -> None:
+    assert parse_retry_after(header, now=NOW) == expected
+
+
+def _state(attempt_number: int, exc: BaseException | None = None) -> RetryCallState:
+    state = RetryCallState(Retrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = attempt_number
+    if exc is not None:
+        try:
+            raise exc
+        except BaseException:
+            state.set_exception(sys.exc_info())  # type: ignore[arg-type]
+    return state
+
+
+def test_backoff_without_jitter_is_exact_and_capped() -> None:
+    wait = wait_backoff(initial_s=2, multiplier=3, max_s=20, jitter=0)
+    assert [wait(_state(n)) for n in range(1, 6)] == [2, 6, 18, 20, 20]
+
+
+def test_backoff_jitter_is_seeded_and_bounded() -> None:
+    first = wait_backoff(initial_s=10, multiplier=1, max_s=10, rng=random.Random(7))
+    again = wait_backoff(initial_s=10, multiplier=1, max_s=10, rng=random.Random(7))
+    waits = [first(_state(1)) for _ in range(50)]
+    assert waits == [again(_state(1)) for _ in range(50)]
+    assert all(8 <= w <= 12 for w in waits)
+    assert len(set(waits)) > 1
+
+
+def test_backoff_never_overflows() -> None:
+    assert wait_backoff(initial_s=1, multiplier=10, max_s=5, jitter=0)(_state(10_000)) == 5
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"initial_s": -1, "multiplier": 2, "max_s": 1},
+        {"initial_s": 1, "multiplier": float("nan"), "max_s": 1},
+        {"initial_s": 1, "multiplier": 2, "max_s": -1},
+        {"initial_s": 1, "multiplier": 2, "max_s": 1, "jitter": 1.5},
+    ],
+)
+def test_backoff_rejects_bad_numbers(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        wait_backoff(**kwargs)
+
+
+def test_retry_after_wins_and_is_clamped() -> None:
+    wait = wait_retry_after(wait_backoff(initial_s=1, multiplier=2, max_s=9, jitter=0), max_s=60)
+    throttled = AttemptFailed("429", retryable=True, kind="status", retry_after_s=90)
+    assert wait(_state(1, throttled)) == 60
+    assert wait.reason(_state(1, throttled)) == "retry-after"
+    plain = AttemptFailed("503", retryable=True, kind="status")
+    assert wait(_state(3, plain)) == 4
+    assert wait.reason(_state(3, plain)) == "backoff"
+
+
+def test_only_retryable_failures_are_retried() -> None:
+    retry = retry_if_retryable()
+    assert retry(_state(1, AttemptFailed("503", retryable=True, kind="status")))
+    assert not retry(_state(1, AttemptFailed("410", retryable=False, kind="gone")))
+    assert not retry(_state(1, ValueError("a bug is not retried")))
+
+
+def _total_max_wait(policy: RetryPolicy, attempts: int) -> float:
+    assert isinstance(policy.wait, wait_retry_after)
+    backoff = policy.wait.fallback
+    assert isinstance(backoff, wait_backoff)
+    exact = wait_backoff(initial_s=backoff.initial_s, multiplier=backoff.multiplier,
+                         max_s=backoff.max_s, jitter=0)  # fmt: skip
+    return sum(exact(_state(n)) for n in range(1, attempts)) * (1 + backoff.jitter)
+
+
+def test_interactive_schedule_fits_in_a_minute() -> None:
+    policy = RetryPolicy.interactive()
+    assert policy.deadline_s == 60
+    assert _total_max_wait(policy, 4) < 40
+
+
+def test_default_schedule_reaches_hours_within_a_day() -> None:
+    policy = RetryPolicy.default()
+    total = _total_max_wait(policy, 8)
+    assert 12 * 3600 < total < 24 * 3600
+    assert policy.deadline_s == 24 * 3600
+
+
+@pytest.mark.parametrize(
+    "changes", [{"attempt_timeout_s": 0}, {"deadline_s": -1}], ids=["timeout", "deadline"]
+)
+def test_policy_rejects_bad_bounds(changes: dict[str, float]) -> None:
+    with pytest.raises(ConfigurationError):
+        RetryPolicy(**changes)  # type: ignore[arg-type]
+
+
+def test_a_replaced_predicate_decides(
+    pki: SenderPki, fake_time: FakeTime, serve: Callable[..., ScriptedServer]
+) -> None:
+    # A caller whose receiver answers 409 while busy can make it retryable.
+    def busy(exc: BaseException) -> bool:
+        return isinstance(exc, AttemptFailed) and (exc.retryable or exc.status_code == 409)
+
+    server = serve([Status(409), Status(200)])
+    policy = exact_policy(retry=retry_if_exception(busy), stop=stop_after_attempt(3))
+    kwargs = {"signing_keys": SECRET, **pki.client(), **fake_time.kwargs(), "retry": policy}
+    result = deliver("sync", kwargs, server.url(), b"{}")
+    assert [a.status_code for a in result.attempts] == [409, 200]
+    assert fake_time.sleeps == [1.0]
+    server.script.append(Status(409))
+    with pytest.raises(StatusError):
+        deliver("sync", kwargs | {"retry": exact_policy()}, server.url(), b"{}")
