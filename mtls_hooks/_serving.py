@@ -29,6 +29,7 @@ import socket
 import ssl
 import sys
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
@@ -46,6 +47,7 @@ __all__ = ["create_sockets", "log_refusal", "serve_async"]
 
 refusal_logger = logging.getLogger("mtls_hooks.tls")
 _LISTEN_BACKLOG = 2048  # bursts of new handshakes must not overflow into SYN retries
+_STRAGGLER_MARGIN_S = 1.0
 
 
 # --------------------------------------------------------------------------- refusal log
@@ -113,6 +115,11 @@ class _MtlsHypercornConfig(HypercornConfig):
         super().__init__()
         self.material = material
         self._ready = ready
+        # Open connections, so that shutdown can abort the ones that outlive
+        # graceful_timeout (see _abort_stragglers).
+        self.connections: weakref.WeakKeyDictionary[asyncio.StreamWriter, Any] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def ssl_enabled(self) -> bool:
@@ -165,6 +172,9 @@ class _TLSTCPServer(_ORIGINAL_TCP_SERVER):  # type: ignore[misc]
             if ssl_object is not None:
                 pem = config.material.server_cert_pem(ssl_object.context)
                 app = _TLSScopeApp(app, tls_extension(ssl_object, pem))
+            # The socket is read now: after hypercorn's second writer.close() the SSL
+            # transport no longer answers get_extra_info().
+            config.connections[writer] = writer.get_extra_info("socket")
         super().__init__(app, loop, config, context, state, reader, writer)
 
 
@@ -238,13 +248,30 @@ def _hypercorn_config(
     hc.keep_alive_max_requests = config.keep_alive_max_requests
     hc.h11_max_incomplete_size = config.max_header_bytes
     hc.h2_max_header_list_size = config.max_header_bytes
-    hc.graceful_timeout = config.graceful_timeout_s
+    # hypercorn cancels what is left after its graceful_timeout; we shut the sockets of the
+    # stragglers down first (_abort_stragglers), so connection tasks end by EOF, not by a
+    # cancellation that Python 3.11's start_server callback reports as an error.
+    hc.graceful_timeout = config.graceful_timeout_s + _STRAGGLER_MARGIN_S
     hc.accesslog = None
     # A Logger object is used as is: hypercorn then adds no handler of its own.
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.loglevel = config.log_level
     hc.include_server_header = False
     return hc
+
+
+def _abort_stragglers(hc: _MtlsHypercornConfig) -> None:
+    # Runs graceful_timeout_s after the shutdown trigger. Without it hypercorn cancels
+    # connection tasks after its graceful_timeout, but TCPServer._close
+    # swallows the CancelledError while awaiting the TLS close_notify exchange, which waits
+    # up to asyncio's 30 s ssl_shutdown_timeout for a peer that may never answer (and its
+    # second writer.close() detaches the transport, so abort() is a no-op). Shutting the
+    # socket down makes the read side see EOF, which completes the TLS shutdown at once:
+    # shutdown is bounded by graceful_timeout.
+    for sock in list(hc.connections.values()):
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 def _in_main_thread() -> bool:
@@ -282,6 +309,7 @@ async def serve_async(
     cleanups: list[Callable[[], Any]] = []
     stop_watching = asyncio.Event()
     watcher: asyncio.Task[None] | None = None
+    timers: list[asyncio.TimerHandle] = []
     try:
         if _in_main_thread():
             cleanups.append(material.install_signal_handler(loop))
@@ -295,14 +323,22 @@ async def serve_async(
         if config.watch_files:
             watcher = loop.create_task(material.watch(stop_watching))
         hc = _hypercorn_config(config, material, ready)
+        trigger = shutdown_trigger
+
+        async def _bounded_shutdown_trigger() -> None:
+            await trigger()
+            timers.append(loop.call_later(config.graceful_timeout_s, _abort_stragglers, hc))
+
         with _tls_scope_patch():
             await hypercorn_run.worker_serve(
                 wrap_app(app, hc.wsgi_max_body_size, "asgi"),
                 hc,
                 sockets=Sockets(listening, [], []),
-                shutdown_trigger=shutdown_trigger,
+                shutdown_trigger=_bounded_shutdown_trigger,
             )
     finally:
+        for timer in timers:
+            timer.cancel()
         stop_watching.set()
         if watcher is not None:
             await watcher
