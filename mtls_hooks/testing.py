@@ -170,6 +170,7 @@ class ProcessHandle:
     port: int
     pid: int
     worker_pids: tuple[int, ...]
+    _process: Any = field(repr=False)
 
     def url(self, path: str = "/") -> str:
         """Return ``https://127.0.0.1:<port><path>``."""
@@ -178,6 +179,12 @@ class ProcessHandle:
     def reload(self) -> None:
         """Send SIGHUP to the server process (a supervisor forwards it to every worker)."""
         os.kill(self.pid, signal.SIGHUP)
+
+    def wait(self, timeout_s: float) -> int | None:
+        """Wait for the process to exit on its own; return its exit code (None if running)."""
+        self._process.join(timeout_s)
+        code: int | None = self._process.exitcode
+        return code
 
 
 def _process_main(
@@ -239,7 +246,7 @@ def running_server_process(
             raise RuntimeError(
                 f"server process {proc.pid} exited with {proc.exitcode} before it was ready"
             ) from None
-        yield ProcessHandle(_HOST, port, pid, pids)
+        yield ProcessHandle(_HOST, port, pid, pids, proc)
     finally:
         reader.close()
         writer.close()
