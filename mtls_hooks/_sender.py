@@ -11,6 +11,7 @@ send bytes and loop with tenacity.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import functools
 import json
 import math
@@ -78,7 +79,8 @@ class _Delivery:
     url: str
     body: bytes
     webhook_id: str
-    deadline: stop_before_deadline | None
+    deadline_at: float | None  # a reading of the sender's monotonic clock
+    deadline_stop: stop_before_deadline | None = None  # made only when a retry is needed
     attempts: list[Attempt] = field(default_factory=list)
 
 
@@ -95,6 +97,13 @@ def _cause_chain(exc: BaseException) -> Iterable[BaseException]:
         seen.add(id(current))
         yield current
         current = current.__cause__ or current.__context__
+
+
+def _dropped(exc: BaseException) -> bool:
+    """True for a connection closed or reset under us, however the library words it."""
+    if isinstance(exc, httpx.RemoteProtocolError | aiohttp.ServerDisconnectedError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE)
 
 
 def _snippet(body: bytes) -> str:
@@ -218,12 +227,9 @@ class _SenderBase:
                 body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
             except (TypeError, ValueError) as exc:
                 raise ConfigurationError(f"payload is not JSON-serialisable: {exc}") from exc
-        deadline = None
-        if self.retry.deadline_s is not None:
-            deadline = stop_before_deadline(
-                self._monotonic() + self.retry.deadline_s, self._monotonic
-            )
-        return _Delivery(url, body, webhook_id or Signer.new_webhook_id(), deadline)
+        deadline_s = self.retry.deadline_s
+        deadline_at = None if deadline_s is None else self._monotonic() + deadline_s
+        return _Delivery(url, body, webhook_id or Signer.new_webhook_id(), deadline_at)
 
     def _sign(self, delivery: _Delivery) -> dict[str, str]:
         # A fresh timestamp (and so a fresh signature) per attempt keeps retries inside the
@@ -235,15 +241,16 @@ class _SenderBase:
 
     def _timeout_s(self, delivery: _Delivery) -> float:
         timeout = self.retry.attempt_timeout_s
-        if delivery.deadline is not None:
-            left = delivery.deadline.deadline - self._monotonic()
+        if delivery.deadline_at is not None:
+            left = delivery.deadline_at - self._monotonic()
             timeout = max(0.001, min(timeout, left))
         return timeout
 
     def _retrying_kwargs(self, delivery: _Delivery) -> dict[str, Any]:
         stop = self.retry.stop
-        if delivery.deadline is not None:
-            stop = stop | delivery.deadline
+        if delivery.deadline_at is not None:
+            delivery.deadline_stop = stop_before_deadline(delivery.deadline_at, self._monotonic)
+            stop = stop | delivery.deadline_stop
         return {
             "stop": stop,
             "wait": self.retry.wait,
@@ -367,7 +374,7 @@ class _SenderBase:
         if isinstance(exc, httpx.ConnectError | aiohttp.ClientConnectorError):
             return AttemptFailed(f"cannot connect: {text}", retryable=True, kind="connect",
                                  error=name)  # fmt: skip
-        if isinstance(exc, httpx.RemoteProtocolError | aiohttp.ServerDisconnectedError):
+        if any(_dropped(inner) for inner in _cause_chain(exc)):
             # Under TLS 1.3 a receiver refusing our certificate after its handshake (our own
             # receiver's pinning, for one) just drops the connection: say so, keep retrying.
             text += (
@@ -386,7 +393,7 @@ class _SenderBase:
             tries = len(delivery.attempts)
             why = (
                 f"deadline of {self.retry.deadline_s:g} s"
-                if delivery.deadline is not None and delivery.deadline.fired
+                if delivery.deadline_stop is not None and delivery.deadline_stop.fired
                 else "attempt limit"
             )
             error = RetriesExhaustedError(f"gave up after {tries} attempt(s) ({why}): {failure}")
