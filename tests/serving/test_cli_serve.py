@@ -34,24 +34,22 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     return lines[0]
 
 
-def test_unimportable_app_is_one_line(
-    pki: Pki, cast: Cast, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("app", "message"),
+    [
+        pytest.param(
+            "no_such_module_xyz:app", "cannot import module 'no_such_module_xyz'", id="module"
+        ),
+        pytest.param("tests.serving.apps:nope", "has no attribute 'nope'", id="attribute"),
+        pytest.param("tests.serving.apps", "must be 'module:attribute'", id="no-colon"),
+    ],
+)
+def test_app_errors_are_one_line(
+    pki: Pki, cast: Cast, capsys: pytest.CaptureFixture[str], app: str, message: str
 ) -> None:
-    status = main(
-        ["serve", "no_such_module_xyz:app", *_tls_args(pki), "--pin", cast.alpha.spki_pin]
-    )
+    status = main(["serve", app, *_tls_args(pki), "--pin", cast.alpha.spki_pin])
     assert status == 1
-    assert "cannot import module 'no_such_module_xyz'" in _one_error_line(capsys)
-
-
-def test_missing_attribute_is_one_line(
-    pki: Pki, cast: Cast, capsys: pytest.CaptureFixture[str]
-) -> None:
-    status = main(
-        ["serve", "tests.serving.apps:nope", *_tls_args(pki), "--pin", cast.alpha.spki_pin]
-    )
-    assert status == 1
-    assert "has no attribute 'nope'" in _one_error_line(capsys)
+    assert message in _one_error_line(capsys)
 
 
 def test_no_policy_is_refused(pki: Pki, capsys: pytest.CaptureFixture[str]) -> None:
