@@ -1,0 +1,403 @@
+"""Receiver throughput over keep-alive mTLS: our server against stock Hypercorn, in one run.
+
+Scenarios, each server in its own process pinned to core 0 and the load generator
+(:mod:`bench.loadgen`) pinned to core 1 when there are two cores:
+
+* ``nginx``: nginx with ``ssl_verify_client on``. The ceiling: its rate shows how much more
+  the generator can drive than any Python server takes, so the generator is not what limits
+  the other rows.
+* ``baseline``: a bare Quart app (POST / reads the body, answers 200) on stock
+  ``hypercorn.asyncio.serve`` with the same TLS settings and no pinning.
+* ``ours``: the same app on ``mtls_hooks`` serving (in-handshake pinning, ``tls`` scope).
+* ``ours+verify``: :class:`~mtls_hooks._receiver.WebhookReceiver` on our server: pin rule,
+  HMAC, timestamp, in-memory dedupe and handler dispatch, every request signed with a
+  unique ``webhook-id`` (signed before the clock starts).
+* ``ours+verify[sqlite]``: the same with the SQLite dedupe store.
+
+Metrics: keep-alive requests/s and p50/p99 latency (1 KiB POST, one request in flight per
+connection), new-handshake connections/s, and the CPU use of the generator and of the
+server over the same window. Scenarios run interleaved (the order rotates every round); each
+ratio is the median of its per-round ratios, so drift on a shared machine cancels out.
+
+Run: ``.venv/bin/python -m bench.bench_serving [--rounds 3] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from bench._servers import (
+    SIGNING_SECRET,
+    AppFactory,
+    BenchPki,
+    bare_app,
+    make_pki,
+    receiver_app_memory,
+    receiver_app_sqlite,
+    run_server,
+)
+from bench.loadgen import KEEP_ALIVE, NEW_HANDSHAKE, LoadResult, LoadSpec, Mode, run_load
+
+__all__ = ["SCENARIOS", "Scenario", "Settings", "main", "measure", "verification_scenario"]
+
+Row = dict[str, object]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One server setup under load.
+
+    Attributes:
+        name: the label in the table.
+        server: ``nginx``, ``stock`` (Hypercorn as shipped) or ``ours``.
+        factory: builds the Quart app in the server process (unused for nginx).
+        signed: send Standard Webhooks signatures with unique ids.
+        handshake: also measure new-handshake connections/s.
+    """
+
+    name: str
+    server: Literal["nginx", "stock", "ours"]
+    factory: AppFactory | None = None
+    signed: bool = False
+    handshake: bool = True
+
+
+def verification_scenario(factory: AppFactory, name: str = "ours+verify") -> Scenario:
+    """SCENARIO HOOK for the receiver (issue 4): ``factory`` builds a webhook-receiving app.
+
+    The app is served by our server; the generator sends signed 1 KiB JSON POSTs with a
+    unique ``webhook-id`` each, signed with ``SIGNING_SECRET`` before the timed window.
+    Handshake rates are not measured: the receiver adds nothing to the handshake.
+    """
+    return Scenario(name, "ours", factory, signed=True, handshake=False)
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("nginx", "nginx"),
+    Scenario("baseline", "stock", bare_app),
+    Scenario("ours", "ours", bare_app),
+    verification_scenario(receiver_app_memory),
+    verification_scenario(receiver_app_sqlite, "ours+verify[sqlite]"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Bounds of one benchmark run; ``quick()`` is the smoke-test size."""
+
+    rounds: int = 3
+    duration_s: float = 4.0
+    max_requests: int = 200_000
+    max_signed_requests: int = 40_000  # pre-signed in memory: bound it to what Python can take
+    processes: int = 2
+    connections: int = 8
+    handshake_duration_s: float = 3.0
+    handshake_connections: int = 4
+    max_handshakes: int = 20_000
+    warmup_requests: int = 5
+    store_ids: int = 20_000
+
+    @classmethod
+    def quick(cls) -> Settings:
+        """A few hundred requests per scenario: proves the bench works, measures nothing."""
+        return cls(
+            rounds=1, duration_s=0.5, max_requests=300, max_signed_requests=300, processes=1,
+            connections=2, handshake_duration_s=0.5, handshake_connections=1,
+            max_handshakes=20, warmup_requests=2, store_ids=200,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Cores:
+    """Where the server and the generator run."""
+
+    server: int | None
+    generator: tuple[int, ...] | None
+
+    @classmethod
+    def split(cls) -> Cores:
+        """Server on the first allowed core, generator on the others (needs two cores)."""
+        allowed = sorted(os.sched_getaffinity(0))
+        if len(allowed) < 2:
+            return cls(None, None)
+        return cls(allowed[0], tuple(allowed[1:]))
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@contextlib.contextmanager
+def _serve(
+    scenario: Scenario, pki: BenchPki, cores: Cores, workdir: Path
+) -> Iterator[tuple[int, int]]:
+    """Yield (port, pid) of the scenario's server."""
+    if scenario.server == "nginx":
+        from tests.nginx import run_nginx
+
+        with run_nginx(
+            workdir / "nginx",
+            cert=Path(pki.server_cert),
+            key=Path(pki.server_key),
+            client_ca=Path(pki.ca),
+            worker_cpu=cores.server,
+        ) as nginx:
+            yield nginx.port, nginx.pid
+        return
+    assert scenario.factory is not None
+    with run_server(scenario.server, scenario.factory, pki, cpu=cores.server) as server:
+        yield server.port, server.pid
+
+
+def _spec(
+    scenario: Scenario, mode: Mode, port: int, *, pki: BenchPki, cores: Cores, settings: Settings
+) -> LoadSpec:
+    handshake = mode == NEW_HANDSHAKE
+    limit = settings.max_signed_requests if scenario.signed else settings.max_requests
+    return LoadSpec(
+        port=port,
+        ca_file=pki.ca,
+        cert_file=pki.client_cert,
+        key_file=pki.client_key,
+        mode=mode,
+        processes=settings.processes,
+        connections=settings.handshake_connections if handshake else settings.connections,
+        max_requests=settings.max_handshakes if handshake else limit,
+        duration_s=settings.handshake_duration_s if handshake else settings.duration_s,
+        warmup_requests=settings.warmup_requests,
+        cpus=cores.generator,
+        signing_secret=SIGNING_SECRET if scenario.signed else None,
+    )
+
+
+Samples = dict[tuple[str, Mode], list[LoadResult]]
+
+
+def measure(
+    settings: Settings,
+    scenarios: tuple[Scenario, ...] = SCENARIOS,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Samples, list[float], Cores]:
+    """Run every scenario ``settings.rounds`` times, interleaved.
+
+    Returns:
+        The load results per (scenario, mode), the SQLite and memory store rates
+        (ids/s, per round, as pairs flattened: sqlite, memory, sqlite, memory...), and the
+        core split used.
+    """
+    cores = Cores.split()
+    samples: Samples = {}
+    stores: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        workdir = Path(tmp)
+        pki = make_pki(workdir)
+        for round_index in range(settings.rounds):
+            shift = round_index % len(scenarios)
+            for scenario in scenarios[shift:] + scenarios[:shift]:
+                modes = [KEEP_ALIVE] + ([NEW_HANDSHAKE] if scenario.handshake else [])
+                with _serve(scenario, pki, cores, workdir / f"r{round_index}") as (port, pid):
+                    for mode in modes:
+                        spec = _spec(scenario, mode, port, pki=pki, cores=cores, settings=settings)
+                        result = run_load(spec, observe_pid=pid)
+                        samples.setdefault((scenario.name, mode), []).append(result)
+                        if progress is not None:
+                            progress(
+                                f"round {round_index + 1} {scenario.name} {mode}: {_brief(result)}"
+                            )
+            stores.extend(
+                _store_rates(workdir / f"store-{round_index}.sqlite3", settings.store_ids)
+            )
+    return samples, stores, cores
+
+
+def _brief(result: LoadResult) -> str:
+    return (
+        f"{result.rate:.0f}/s p50 {result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms "
+        f"gen {result.generator_cpu_pct:.0f}% server {result.server_cpu_pct or 0:.0f}% "
+        f"statuses {result.statuses} errors {result.errors} reconnects {result.reconnects}"
+    )
+
+
+def _store_rates(path: Path, ids: int) -> list[float]:
+    """claim + complete of ``ids`` unique ids, in the event loop: SQLite, then memory."""
+    from mtls_hooks._replay import DedupeStore, MemoryDedupeStore, SQLiteDedupeStore
+
+    async def rate(store: DedupeStore) -> float:
+        try:
+            started = time.perf_counter()
+            for index in range(ids):
+                key = f"default:msg_{index}"
+                await store.claim(key)
+                await store.complete(key)
+            return ids / (time.perf_counter() - started)
+        finally:
+            await store.aclose()
+
+    return [asyncio.run(rate(SQLiteDedupeStore(path))), asyncio.run(rate(MemoryDedupeStore()))]
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _ratio_rows(samples: Samples) -> list[Row]:
+    def per_round(top: str, bottom: str, mode: Mode = KEEP_ALIVE) -> float:
+        pairs = zip(samples.get((top, mode), []), samples.get((bottom, mode), []), strict=False)
+        return _median([a.rate / b.rate for a, b in pairs if b.rate > 0])
+
+    ratios: list[tuple[str, float, float | None, str]] = [
+        ("ours / baseline, keep-alive req/s", per_round("ours", "baseline"), 0.9, ""),
+        (
+            "ours / baseline, new handshakes/s",
+            per_round("ours", "baseline", NEW_HANDSHAKE),
+            0.9,
+            "",
+        ),
+        ("ours+verify / ours, req/s", per_round("ours+verify", "ours"), 0.85, "cost <= 15 %"),
+        (
+            "ours+verify / baseline, req/s",
+            per_round("ours+verify", "baseline"),
+            0.85,
+            "against bare Quart on stock Hypercorn",
+        ),
+        (
+            "ours+verify[sqlite] / ours+verify",
+            per_round("ours+verify[sqlite]", "ours+verify"),
+            None,
+            "SQLite dedupe store end to end",
+        ),
+        ("nginx / baseline, req/s", per_round("nginx", "baseline"), None, "generator headroom"),
+    ]
+    rows: list[Row] = []
+    for case, value, target, note in ratios:
+        row: Row = {"bench": "serving", "case": case, "value": round(value, 2), "unit": "ratio"}
+        if target is not None:
+            row.update(target=f">= {target:g}", ok=value >= target)
+        if note:
+            row["note"] = note
+        rows.append(row)
+    return rows
+
+
+def _generator_row(samples: Samples) -> Row:
+    python_runs = [
+        result
+        for (name, _mode), results in samples.items()
+        if name != "nginx"
+        for result in results
+    ]
+    peak = max((r.generator_cpu_pct / max(r.generator_cpus, 1) for r in python_runs), default=0)
+    return {
+        "bench": "serving",
+        "case": "generator CPU, max over Python-server runs",
+        "value": round(peak),
+        "unit": "% of its cores",
+        "target": "<= 80",
+        "ok": peak <= 80,
+        "note": "below it, the server (not the generator) limits every Python row",
+    }
+
+
+def rows_of(samples: Samples, stores: list[float], cores: Cores, settings: Settings) -> list[Row]:
+    """Turn medians into table rows (``bench``, ``case``, ``value``, ``unit``, ``note``...)."""
+    rows: list[Row] = []
+    for (name, mode), results in samples.items():
+        unit = "req/s" if mode == KEEP_ALIVE else "conn/s"
+        first = results[0]
+        note = (
+            f"p50 {_median([r.p50_ms for r in results]):.2f} ms, "
+            f"p99 {_median([r.p99_ms for r in results]):.2f} ms, "
+            f"gen CPU {_median([r.generator_cpu_pct for r in results]):.0f}%/"
+            f"{first.generator_cpus} core, "
+            f"server CPU {_median([r.server_cpu_pct or 0.0 for r in results]):.0f}%, "
+            f"{first.connections} conns"
+        )
+        errors = sum(r.errors for r in results)
+        not_ok = sum(r.completed - r.ok for r in results)
+        reconnects = sum(r.reconnects for r in results)
+        if mode == KEEP_ALIVE and reconnects:
+            note += f", {reconnects} server closes"
+        if errors or not_ok:
+            note += f", {errors} errors, {not_ok} non-2xx"
+        rows.append(
+            {
+                "bench": "serving",
+                "case": f"{name} {mode}",
+                "value": round(_median([r.rate for r in results])),
+                "unit": unit,
+                "note": note,
+            }
+        )
+    sqlite_rates, memory_rates = stores[0::2], stores[1::2]
+    for store, rates in (("sqlite", sqlite_rates), ("memory", memory_rates)):
+        rows.append(
+            {
+                "bench": "serving",
+                "case": f"dedupe store {store}, claim+complete",
+                "value": round(_median(rates)),
+                "unit": "ids/s",
+                "note": f"{settings.store_ids} unique ids, in-process",
+            }
+        )
+    rows.extend(_ratio_rows(samples))
+    rows.append(_generator_row(samples))
+    placement = (
+        f"server core {cores.server}, generator cores {list(cores.generator)}"
+        if cores.generator
+        else "unpinned (one core)"
+    )
+    for row in rows:
+        if "unit" in row and row["unit"] in ("req/s", "conn/s"):
+            row["note"] = f"{row['note']}; median of {settings.rounds}, {placement}"
+    return rows
+
+
+def print_rows(rows: list[Row]) -> None:
+    """Print rows as an aligned table (the same layout ``run_all`` uses)."""
+    width = max(len(str(row["case"])) for row in rows)
+    for row in rows:
+        verdict = ""
+        if "target" in row:
+            verdict = f"  (target {row['target']}: {'ok' if row['ok'] else 'MISSED'})"
+        note = f"  {row['note']}" if row.get("note") else ""
+        print(f"{row['case']:<{width}}  {row['value']:>8} {row['unit']}{verdict}{note}")
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    """Measure, print the table and return its rows for ``bench/run_all.py``."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run, not a measurement")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--duration", type=float, default=None, help="keep-alive seconds")
+    parser.add_argument("--verbose", action="store_true", help="print every run")
+    args = parser.parse_args(argv)
+    settings = Settings.quick() if args.quick else Settings()
+    if args.rounds is not None:
+        settings = dataclasses.replace(settings, rounds=args.rounds)
+    if args.duration is not None:
+        settings = dataclasses.replace(settings, duration_s=args.duration)
+    progress = (lambda line: print(line, flush=True)) if args.verbose else None
+    samples, stores, cores = measure(settings, progress=progress)
+    rows = rows_of(samples, stores, cores, settings)
+    print_rows(rows)
+    return rows
+
+
+QUICK_ARGV = ["--quick"]
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,135 @@
+"""The benchmarks run end to end in their tiny ``--quick`` mode.
+
+These prove the bench works (servers start, the generator completes requests, the table
+prints); they never assert on speed: performance is measured by ``make bench``, not by a
+timed test.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.loadgen import json_body, parse_response
+from bench.run_all import discover, format_table
+from tests.nginx import nginx_available
+
+ROOT = Path(__file__).resolve().parent.parent
+# A bound on a hung run, not a speed check.
+_HANG_TIMEOUT_S = 240
+
+
+@pytest.fixture
+def _need_nginx() -> None:
+    if not nginx_available():
+        if os.environ.get("CI"):
+            pytest.fail("nginx is missing in CI: .ci/install-peers should have installed it")
+        pytest.skip("nginx is not installed (run .ci/install-peers)")
+
+
+@pytest.mark.slow
+@pytest.mark.nginx
+@pytest.mark.usefixtures("_need_nginx")
+def test_run_all_quick_prints_one_table() -> None:
+    # A subprocess: the benchmarks pin their process to a core and start a forkserver.
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run_all", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=_HANG_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = done.stdout.split("mtls-hooks benchmarks", 1)[1]
+    for case in (
+        "nginx keep-alive",
+        "baseline keep-alive",
+        "baseline handshake",
+        "ours keep-alive",
+        "ours handshake",
+        "ours+verify keep-alive",
+        "ours+verify[sqlite] keep-alive",
+        "dedupe store sqlite",
+        "ours / baseline, keep-alive req/s",
+        "ours+verify / ours, req/s",
+        "generator CPU",
+    ):
+        assert f"serving  {case}" in table, case
+    assert "failed: none" in table
+    # Every serving scenario completed requests without transport errors.
+    assert " errors, " not in table
+
+
+def test_every_bench_module_is_discovered() -> None:
+    assert {"bench.bench_serving", "bench.bench_sender"} <= set(discover())
+
+
+def test_table_layout() -> None:
+    table = format_table(
+        [
+            {
+                "bench": "b",
+                "case": "a / b",
+                "value": 0.95,
+                "unit": "ratio",
+                "target": ">= 0.9",
+                "ok": True,
+            },
+            {"bench": "b", "case": "x", "value": 12, "unit": "req/s", "note": "p50 1 ms"},
+        ]
+    )
+    header, _rule, first, second = table.splitlines()
+    assert header.split() == ["bench", "case", "value", "unit", "target", "verdict", "note"]
+    assert first.split()[-1] == "ok"
+    assert second.endswith("p50 1 ms")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", (200, 0, False), id="length"
+        ),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\no", None, id="short-body"),
+        pytest.param(
+            b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n", (204, 0, True), id="204-close"
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            (200, 0, False),
+            id="chunked",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n",
+            None,
+            id="chunked-short",
+        ),
+        pytest.param(b"HTTP/1.0 200 OK\r\n\r\nbody", (200, -1, True), id="until-eof"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-", None, id="partial-head"),
+    ],
+)
+def test_parse_response(raw: bytes, expected: tuple[int, int, bool] | None) -> None:
+    # An expected end of 0 stands for "the whole of raw".
+    if expected is not None and expected[1] == 0:
+        expected = (expected[0], len(raw), expected[2])
+    assert parse_response(raw) == expected
+
+
+def test_parse_response_refuses_junk() -> None:
+    with pytest.raises(ValueError, match="status line"):
+        parse_response(b"SSH-2.0-OpenSSH\r\n\r\n")
+
+
+def test_json_body_is_exact_json() -> None:
+    import json
+
+    body = json_body(1024)
+    assert len(body) == 1024
+    assert json.loads(body)["type"] == "invoice.paid"
+    with pytest.raises(ValueError, match="skeleton"):
+        json_body(10)
