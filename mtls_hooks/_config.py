@@ -83,7 +83,8 @@ class ServerConfig:
         graceful_timeout_s: how long shutdown waits for in-flight requests.
         watch_files: reload when a certificate, key, CA, CRL or config file changes.
         watch_interval_s: how often watched files are checked (one ``os.stat`` each).
-        log_level: level of the ``mtls_hooks`` and ``hypercorn`` loggers.
+        log_level: logging level that :func:`mtls_hooks.serve`, its workers and the CLI
+            apply when the application has not configured logging itself.
         config_file: the TOML file this config came from; re-read on every reload.
 
     Raises:
@@ -404,6 +405,9 @@ def _read_toml(path: str) -> dict[str, Any]:
     if section is not None:
         if not isinstance(section, dict):
             raise ConfigurationError(f"config file {path}: [server] must be a table")
+        # With a [server] table, other tables belong to other components sharing the file
+        # (e.g. [receiver]); top-level plain keys are still ours and still checked.
+        data = {k: v for k, v in data.items() if not isinstance(v, dict)}
         overlap = set(section) & set(data)
         if overlap:
             raise ConfigurationError(

@@ -40,6 +40,7 @@ from hypercorn.utils import wrap_app
 
 from mtls_hooks._config import ServerConfig, parse_bind
 from mtls_hooks._errors import ConfigurationError
+from mtls_hooks._problem import PROBLEM_CONTENT_TYPE, problem_body
 from mtls_hooks._reload import TLSMaterial
 from mtls_hooks._tls import HandshakeRefusal, tls_extension
 
@@ -134,22 +135,53 @@ class _MtlsHypercornConfig(HypercornConfig):
 
 
 class _TLSScopeApp:
-    """Hypercorn AppWrapper adding this connection's ``tls`` extension to every scope."""
+    """Hypercorn AppWrapper adding this connection's ``tls`` extension to every scope.
 
-    __slots__ = ("_app", "_tls")
+    It also enforces ``max_header_bytes`` on HTTP/1.1: h11's ``max_incomplete_event_size``
+    only limits a request head that arrives in pieces, and one that fits a single 64 KiB
+    read would pass (HTTP/2 is limited by h2's SETTINGS_MAX_HEADER_LIST_SIZE).
+    """
 
-    def __init__(self, app: Any, tls: dict[str, Any]) -> None:
+    __slots__ = ("_app", "_max_header_bytes", "_tls")
+
+    def __init__(self, app: Any, tls: dict[str, Any], max_header_bytes: int) -> None:
         self._app = app
         self._tls = tls
+        self._max_header_bytes = max_header_bytes
 
     async def __call__(
         self, scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any
     ) -> None:
         if scope["type"] in ("http", "websocket"):
+            header_bytes = sum(len(name) + len(value) for name, value in scope["headers"])
+            if header_bytes > self._max_header_bytes:
+                await _refuse_headers(scope, send, header_bytes, self._max_header_bytes)
+                return
             tls = {**self._tls, "client_cert_chain": list(self._tls["client_cert_chain"])}
             # A fresh dict per scope: nothing the app does leaks into another request.
             scope = {**scope, "extensions": {**(scope.get("extensions") or {}), "tls": tls}}
         await self._app(scope, receive, send, sync_spawn, call_soon)
+
+
+async def _refuse_headers(scope: Any, send: Any, size: int, limit: int) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1009})  # hypercorn answers 403
+        return
+    # RFC 6585 §5: 431 Request Header Fields Too Large.
+    body = problem_body(
+        431, detail=f"request headers are {size} bytes; the limit is {limit}", reason="headers"
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 431,
+            "headers": [
+                (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 _ORIGINAL_TCP_SERVER: Any = getattr(hypercorn_run, "TCPServer", None)
@@ -171,7 +203,9 @@ class _TLSTCPServer(_ORIGINAL_TCP_SERVER):  # type: ignore[misc]
             ssl_object = writer.get_extra_info("ssl_object")
             if ssl_object is not None:
                 pem = config.material.server_cert_pem(ssl_object.context)
-                app = _TLSScopeApp(app, tls_extension(ssl_object, pem))
+                app = _TLSScopeApp(
+                    app, tls_extension(ssl_object, pem), config.h11_max_incomplete_size
+                )
             # The socket is read now: after hypercorn's second writer.close() the SSL
             # transport no longer answers get_extra_info().
             config.connections[writer] = writer.get_extra_info("socket")

@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
@@ -91,6 +92,10 @@ def serve(
         ConfigurationError: invalid configuration or files, unbindable address, app not
             importable.
     """
+    if not logging.getLogger().handlers:  # the application has not configured logging
+        logging.basicConfig(
+            level=config.log_level, format="%(asctime)s [%(process)d] %(name)s %(message)s"
+        )
     if config.workers == 1:
         target = load_app(app) if isinstance(app, str) else app
 
@@ -100,6 +105,8 @@ def serve(
 
         asyncio.run(serve_async(target, config, sockets=sockets, ready=_ready))
         return 0
+    if threading.current_thread() is not threading.main_thread():
+        raise ConfigurationError("serve() with workers > 1 must run in the main thread")
     spec = app if isinstance(app, str) else _spec_of(app)
     load_app(spec)  # fail in the parent, with one clear line, not N times in workers
     config.check_files()  # the same for the TLS material
@@ -117,6 +124,7 @@ def _worker_main(
     sockets: list[socket.socket],
     ready: multiprocessing.connection.Connection,
 ) -> None:
+    # A spawned worker starts with no logging configuration of its own.
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s [%(process)d] %(name)s %(message)s"
     )

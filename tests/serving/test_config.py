@@ -247,3 +247,12 @@ def test_ipv6_bind_is_v6_only() -> None:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_other_tables_beside_server_are_left_to_their_owners(pki: Pki, cast: Cast) -> None:
+    path = _write_toml(
+        pki.directory / "shared.toml",
+        f"[server]\ncertfile = 'server.pem'\nkeyfile = 'server.key'\nclient_ca = ['ca.pem']\n"
+        f"pins = ['{cast.alpha.spki_pin}']\n\n[receiver]\ntolerance_s = 300\n",
+    )
+    assert ServerConfig.from_toml(path).pins == (cast.alpha.spki_pin,)
