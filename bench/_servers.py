@@ -65,6 +65,7 @@ def make_pki(directory: Path) -> BenchPki:
     """Issue a CA, a server certificate for localhost/127.0.0.1 and a client certificate."""
     from certs_tool import CA
 
+    directory.mkdir(parents=True, exist_ok=True)
     ca = CA()
     server = ca.issue_server("localhost", "127.0.0.1")
     client = ca.issue_client(common_name="bench")

@@ -148,6 +148,10 @@ class LoadResult:
         generator_cpus: how many CPUs the generator was allowed to use.
         server_cpu_pct: CPU of the observed server process (and its children) over the same
             window, in percent of one core; ``None`` when no PID was given.
+        generator_us_per_request: generator CPU per completed request, in microseconds.
+        server_us_per_request: server CPU per completed request (``None`` without a PID).
+            On a shared machine these per-request costs stay meaningful when rates and CPU
+            percentages do not: a time-shared core lowers the rate, not the work per request.
         processes: generator processes.
         connections: total concurrent connections.
         timed_out: True when the wall-time bound ended the run before the count bound.
@@ -167,6 +171,8 @@ class LoadResult:
     generator_cpu_pct: float = 0.0
     generator_cpus: int = 0
     server_cpu_pct: float | None = None
+    generator_us_per_request: float = 0.0
+    server_us_per_request: float | None = None
     processes: int = 0
     connections: int = 0
     timed_out: bool = False
@@ -671,6 +677,7 @@ def run_load(spec: LoadSpec, *, observe_pid: int | None = None) -> LoadResult:
     if observe_pid is not None:
         # Over go -> results received: a little idle tail, so a slight underestimate.
         result.server_cpu_pct = 100 * server_cpu / max(window_s, 1e-9)
+        result.server_us_per_request = 1e6 * server_cpu / max(result.completed, 1)
     return result
 
 
@@ -718,6 +725,7 @@ def _aggregate(spec: LoadSpec, payloads: list[dict[str, Any]]) -> LoadResult:
         p50_ms=_percentile(ordered, 0.50) * 1000,
         p99_ms=_percentile(ordered, 0.99) * 1000,
         generator_cpu_pct=100 * sum(p["cpu_s"] for p in payloads) / elapsed,
+        generator_us_per_request=1e6 * sum(p["cpu_s"] for p in payloads) / max(completed, 1),
         generator_cpus=cpus,
         processes=spec.processes,
         connections=spec.processes * spec.connections,

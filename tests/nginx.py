@@ -219,6 +219,7 @@ def render_config(
     locations: Mapping[str, Response | int | str],
     crl: Path | None,
     worker_cpu: int | None,
+    keepalive_requests: int = 10_000_000,
 ) -> str:
     """Render ``nginx.conf`` text (exposed for debugging failed starts)."""
     if verify_client and client_ca is None:
@@ -251,7 +252,7 @@ http {{
     access_log {workdir / "access.log"} mtls;
 {temp}
     # Benchmarks and retry tests reuse one connection for many requests.
-    keepalive_requests 10000000;
+    keepalive_requests {keepalive_requests};
     keepalive_timeout 75s;
     # "return" discards the request body; a 16k buffer keeps 1 KiB bodies off the disk.
     client_body_buffer_size 16k;
@@ -311,6 +312,7 @@ def run_nginx(
     locations: Mapping[str, Response | int | str] | None = None,
     crl: Path | None = None,
     worker_cpu: int | None = None,
+    keepalive_requests: int = 10_000_000,
 ) -> Iterator[NginxServer]:
     """Run nginx over TLS on 127.0.0.1 for the duration of the block.
 
@@ -327,6 +329,8 @@ def run_nginx(
         locations: Extra ``location = PATH`` answers, e.g. ``{"/status/503": 503}``.
         crl: CRL PEM for the client CA (``ssl_crl``).
         worker_cpu: Pin the single worker to this CPU (``worker_cpu_affinity``).
+        keepalive_requests: Requests per connection before nginx closes it (sends
+            ``Connection: close``); lower it to exercise a client's reconnection.
 
     Yields:
         The running server.
@@ -357,6 +361,7 @@ def run_nginx(
                 locations=locations or {},
                 crl=crl.resolve() if crl is not None else None,
                 worker_cpu=worker_cpu,
+                keepalive_requests=keepalive_requests,
             ),
             encoding="utf-8",
         )

@@ -7,6 +7,7 @@ timed test.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.loadgen import json_body, parse_response
+from bench._servers import SIGNING_SECRET, BenchPki, make_pki
+from bench.loadgen import KEEP_ALIVE, NEW_HANDSHAKE, LoadSpec, json_body, parse_response, run_load
 from bench.run_all import discover, format_table
-from tests.nginx import nginx_available
+from tests.nginx import nginx_available, run_nginx
 
 ROOT = Path(__file__).resolve().parent.parent
 # A bound on a hung run, not a speed check.
@@ -63,6 +65,94 @@ def test_run_all_quick_prints_one_table() -> None:
     assert "failed: none" in table
     # Every serving scenario completed requests without transport errors.
     assert " errors, " not in table
+
+
+@pytest.fixture(scope="module")
+def bench_pki(tmp_path_factory: pytest.TempPathFactory) -> BenchPki:
+    return make_pki(tmp_path_factory.mktemp("bench-pki"))
+
+
+def _spec(pki: BenchPki, port: int, **overrides: object) -> LoadSpec:
+    base = LoadSpec(
+        port=port,
+        ca_file=pki.ca,
+        cert_file=pki.client_cert,
+        key_file=pki.client_key,
+        processes=1,
+        connections=2,
+        max_requests=120,
+        duration_s=60,  # a bound for a hung run; the request count ends these runs
+        warmup_requests=1,
+    )
+    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.mark.nginx
+@pytest.mark.usefixtures("_need_nginx")
+def test_keep_alive_reconnects_when_the_server_closes(tmp_path: Path, bench_pki: BenchPki) -> None:
+    with run_nginx(
+        tmp_path / "nginx",
+        cert=Path(bench_pki.server_cert),
+        key=Path(bench_pki.server_key),
+        client_ca=Path(bench_pki.ca),
+        keepalive_requests=10,
+    ) as nginx:
+        result = run_load(_spec(bench_pki, nginx.port, signing_secret=SIGNING_SECRET))
+        entries = nginx.wait_for_entries(120 + 2)
+    assert (result.completed, result.ok, result.errors) == (120, 120, 0)
+    assert result.statuses == {200: 120}
+    assert not result.timed_out
+    # nginx ends each connection after 10 requests: about 12 reopened by the generator.
+    assert result.reconnects >= 10
+    timed = entries[2:]  # after the warm-up request of each connection
+    assert all(entry["content_length"] == "1024" for entry in timed)
+    assert all(entry["ssl_client_s_dn"] == "CN=bench" for entry in timed)
+    ids = [entry["webhook_id"] for entry in entries]
+    assert len(set(ids)) == len(ids), "every request carries its own webhook-id"
+    assert all(entry["webhook_signature"].startswith("v1,") for entry in entries)
+
+
+@pytest.mark.nginx
+@pytest.mark.usefixtures("_need_nginx")
+def test_handshake_mode_opens_one_connection_per_request(
+    tmp_path: Path, bench_pki: BenchPki
+) -> None:
+    with run_nginx(
+        tmp_path / "nginx",
+        cert=Path(bench_pki.server_cert),
+        key=Path(bench_pki.server_key),
+        client_ca=Path(bench_pki.ca),
+    ) as nginx:
+        result = run_load(_spec(bench_pki, nginx.port, mode=NEW_HANDSHAKE, max_requests=30))
+        entries = nginx.wait_for_entries(30)
+    assert (result.completed, result.ok, result.errors) == (30, 30, 0)
+    assert len({entry["connection"] for entry in entries}) == 30
+    assert {entry["connection_requests"] for entry in entries} == {"1"}
+    assert result.p50_ms > 0
+    assert result.p99_ms >= result.p50_ms
+
+
+@pytest.mark.nginx
+@pytest.mark.usefixtures("_need_nginx")
+def test_a_refused_client_counts_errors_and_stops(tmp_path: Path, bench_pki: BenchPki) -> None:
+    stranger = make_pki(tmp_path / "other")  # a client from another CA: nginx answers 400
+    with run_nginx(
+        tmp_path / "nginx",
+        cert=Path(bench_pki.server_cert),
+        key=Path(bench_pki.server_key),
+        client_ca=Path(bench_pki.ca),
+    ) as nginx:
+        spec = _spec(
+            bench_pki,
+            nginx.port,
+            cert_file=stranger.client_cert,
+            key_file=stranger.client_key,
+            max_requests=20,
+        )
+        result = run_load(spec)
+    assert result.mode == KEEP_ALIVE
+    assert result.statuses == {400: 20}
+    assert result.ok == 0
 
 
 def test_every_bench_module_is_discovered() -> None:
