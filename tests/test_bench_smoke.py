@@ -7,6 +7,7 @@ timed test.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 from bench._servers import SIGNING_SECRET, BenchPki, make_pki
 from bench.loadgen import KEEP_ALIVE, NEW_HANDSHAKE, LoadSpec, json_body, parse_response, run_load
 from bench.run_all import discover, format_table
-from tests.nginx import nginx_available, run_nginx
+from tests.nginx import NginxServer, nginx_available, run_nginx
 
 ROOT = Path(__file__).resolve().parent.parent
 # A bound on a hung run, not a speed check.
@@ -87,16 +88,22 @@ def _spec(pki: BenchPki, port: int, **overrides: object) -> LoadSpec:
     return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
 
 
+def _nginx(
+    workdir: Path, pki: BenchPki, *, keepalive_requests: int = 10_000_000
+) -> contextlib.AbstractContextManager[NginxServer]:
+    return run_nginx(
+        workdir,
+        cert=Path(pki.server_cert),
+        key=Path(pki.server_key),
+        client_ca=Path(pki.ca),
+        keepalive_requests=keepalive_requests,
+    )
+
+
 @pytest.mark.nginx
 @pytest.mark.usefixtures("_need_nginx")
 def test_keep_alive_reconnects_when_the_server_closes(tmp_path: Path, bench_pki: BenchPki) -> None:
-    with run_nginx(
-        tmp_path / "nginx",
-        cert=Path(bench_pki.server_cert),
-        key=Path(bench_pki.server_key),
-        client_ca=Path(bench_pki.ca),
-        keepalive_requests=10,
-    ) as nginx:
+    with _nginx(tmp_path / "nginx", bench_pki, keepalive_requests=10) as nginx:
         result = run_load(_spec(bench_pki, nginx.port, signing_secret=SIGNING_SECRET))
         entries = nginx.wait_for_entries(120 + 2)
     assert (result.completed, result.ok, result.errors) == (120, 120, 0)
@@ -117,12 +124,7 @@ def test_keep_alive_reconnects_when_the_server_closes(tmp_path: Path, bench_pki:
 def test_handshake_mode_opens_one_connection_per_request(
     tmp_path: Path, bench_pki: BenchPki
 ) -> None:
-    with run_nginx(
-        tmp_path / "nginx",
-        cert=Path(bench_pki.server_cert),
-        key=Path(bench_pki.server_key),
-        client_ca=Path(bench_pki.ca),
-    ) as nginx:
+    with _nginx(tmp_path / "nginx", bench_pki) as nginx:
         result = run_load(_spec(bench_pki, nginx.port, mode=NEW_HANDSHAKE, max_requests=30))
         entries = nginx.wait_for_entries(30)
     assert (result.completed, result.ok, result.errors) == (30, 30, 0)
@@ -136,12 +138,7 @@ def test_handshake_mode_opens_one_connection_per_request(
 @pytest.mark.usefixtures("_need_nginx")
 def test_a_refused_client_counts_errors_and_stops(tmp_path: Path, bench_pki: BenchPki) -> None:
     stranger = make_pki(tmp_path / "other")  # a client from another CA: nginx answers 400
-    with run_nginx(
-        tmp_path / "nginx",
-        cert=Path(bench_pki.server_cert),
-        key=Path(bench_pki.server_key),
-        client_ca=Path(bench_pki.ca),
-    ) as nginx:
+    with _nginx(tmp_path / "nginx", bench_pki) as nginx:
         spec = _spec(
             bench_pki,
             nginx.port,
