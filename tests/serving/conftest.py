@@ -169,6 +169,12 @@ def pinned_everyone(cast: Cast) -> tuple[Identity, ...]:
     )
 
 
+@pytest.fixture
+def fresh_pki(tmp_path: Path) -> Pki:
+    """A PKI of its own, for tests that rewrite certificates, keys and CRLs."""
+    return Pki.create(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def server(pki: Pki, cast: Cast) -> Iterator[ServerHandle]:
     """The Quart test app served with every identity but ``stranger`` pinned, CRL on."""

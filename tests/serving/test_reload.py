@@ -20,12 +20,6 @@ MAX_REQUESTS_PER_WORKER = 400  # bounds the load even if an event never fires
 PHASE_TIMEOUT_S = 20.0
 
 
-@pytest.fixture
-def fresh_pki(tmp_path: Path) -> Pki:
-    """A PKI of its own: these tests rewrite certificates, keys and CRLs."""
-    return Pki.create(tmp_path)
-
-
 def _der(pem: str) -> bytes:
     return ssl.PEM_cert_to_DER_cert(pem)
 
@@ -131,10 +125,11 @@ def test_rotate_server_cert_and_revoke_client_under_load(fresh_pki: Pki) -> None
     assert any("reason=cert-verify-failed" in line and "revoked" in line for line in refusals.lines)
 
 
-def _probe(server: ServerHandle, pki: Pki, identity: Identity) -> bytes:
-    with httpx.Client(verify=pki.context(identity)) as client:
+def _probe(server: ServerHandle, pki: Pki, identity: Identity, *, http2: bool = False) -> bytes:
+    with httpx.Client(verify=pki.context(identity, http2=http2), http2=http2) as client:
         response = client.get(server.url("/whoami"))
     assert response.status_code == 200
+    assert response.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
     return _der(response.json()["server_cert"])
 
 
@@ -167,6 +162,7 @@ def test_failed_reload_keeps_old_material(fresh_pki: Pki, tmp_path: Path) -> Non
         assert server.reload() is True
         assert server.material.current.generation == 1
         assert "event=reloaded" in log.lines[-1]
+        assert _probe(server, pki, alpha, http2=True) == old_cert  # ALPN survives the swap
 
 
 @pytest.fixture

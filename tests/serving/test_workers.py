@@ -7,7 +7,6 @@ import os
 import signal
 import ssl
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,11 +19,6 @@ APP = "tests.serving.apps:app"
 BATCH = 16  # concurrent new connections, so that both workers get some
 MAX_BATCHES = 25
 Body = dict[str, Any]
-
-
-@pytest.fixture
-def fresh_pki(tmp_path: Path) -> Pki:
-    return Pki.create(tmp_path)
 
 
 async def _by_worker(
