@@ -66,6 +66,7 @@ def build_snapshot(
         ConfigurationError: unreadable files, mismatched key, CRL trap, bad pins.
     """
     policy = config.peer_policy()
+    pem = _read_cert(config.certfile)
     context = create_server_context(
         certfile=config.certfile,
         keyfile=config.keyfile,
@@ -75,10 +76,20 @@ def build_snapshot(
         key_password=config.key_password(),
         on_refusal=on_refusal,
     )
-    pem = Path(config.certfile).read_text("ascii")
+    # The context read the file itself; a rotation landing in between would make the ASGI
+    # server_cert disagree with the certificate actually served, so refuse and keep the old.
+    if _read_cert(config.certfile) != pem:
+        raise ConfigurationError(f"{config.certfile} changed while it was being loaded")
     leaf_end = pem.find("-----END CERTIFICATE-----")
     leaf = pem[pem.find("-----BEGIN CERTIFICATE-----") : leaf_end] + "-----END CERTIFICATE-----\n"
     return Snapshot(config, context, policy, leaf, generation)
+
+
+def _read_cert(path: str) -> str:
+    try:
+        return Path(path).read_text("ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot read certificate {path}") from exc
 
 
 def _stat(path: str) -> tuple[str, int, int, int] | None:
