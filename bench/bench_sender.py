@@ -10,8 +10,10 @@ each case sends signed 1 KiB JSON deliveries and reports deliveries/s:
 * ``httpx-async@N``: raw ``httpx.AsyncClient`` (a quarter of the deliveries: it is slow),
   the evidence for choosing aiohttp.
 
-Cases run interleaved for ``rounds`` rounds; the median of each is reported. Pooled cases warm
-their connections first (not timed): the steady state is what a busy sender sees.
+Cases run interleaved for ``rounds`` rounds; the median of each is reported, and each ratio is
+the median of its per-round ratios (neighbours in time share the machine's load). Pooled cases
+warm their connections first (not timed): the steady state is what a busy sender sees. The
+note gives the client's CPU per delivery (setup included), the figure to trust on a busy box.
 
 Run: ``.venv/bin/python -m bench.bench_sender [--deliveries 2000] [--rounds 3]``.
 """
@@ -22,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import json
 import os
 import ssl
 import statistics
@@ -36,7 +39,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from certs_tool import CA
+from bench._servers import SIGNING_SECRET, BenchPki, make_pki
 from mtls_hooks._retry import RetryPolicy
 from mtls_hooks._sender import WebhookMessage
 from mtls_hooks._sender_async import AsyncWebhookSender
@@ -45,32 +48,11 @@ from mtls_hooks._signing import Signer, parse_key
 from mtls_hooks._tls import create_client_context
 from tests.nginx import run_nginx
 
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # noqa: S105 - the spec's public test vector
+#: Arguments of ``bench.run_all --quick``: a smoke run that measures nothing.
+QUICK_ARGV = ["--deliveries", "30", "--rounds", "1"]
 CONCURRENCY = (8, 32, 64)
 # A 1 KiB JSON document, the size the issue measures.
 PAYLOAD = {"type": "invoice.paid", "data": {"id": "inv_1", "note": "x" * 980}}
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    cert: Path
-    key: Path
-    server_cert: Path
-    server_key: Path
-
-
-def _pki(directory: Path) -> Pki:
-    ca = CA()
-    server = ca.issue_server("localhost", "127.0.0.1")
-    client = ca.issue_client(common_name="bench sender")
-    paths = Pki(*(directory / n for n in ("ca.pem", "c.pem", "c.key", "s.pem", "s.key")))
-    ca.cert_pem.write_to_path(paths.ca)
-    client.chain_pem.write_to_path(paths.cert)
-    client.private_key_pem().write_to_path(paths.key)
-    server.chain_pem.write_to_path(paths.server_cert)
-    server.private_key_pem().write_to_path(paths.server_key)
-    return paths
 
 
 def _pin_to_core(core: int) -> bool:
@@ -82,27 +64,25 @@ def _pin_to_core(core: int) -> bool:
 
 
 def _body() -> bytes:
-    import json
-
-    return json.dumps(PAYLOAD, separators=(",", ":")).encode()
+    return json.dumps(PAYLOAD, separators=(",", ":")).encode("utf-8")
 
 
 class Cases:
     """Each case returns deliveries/s for ``n`` deliveries to ``url``."""
 
-    def __init__(self, pki: Pki, url: str, n: int) -> None:
+    def __init__(self, pki: BenchPki, url: str, n: int) -> None:
         self.pki, self.url, self.n = pki, url, n
         self.body = _body()
-        self.signer = Signer([parse_key(SECRET)])  # type: ignore[list-item]
-        self.tls = {"ca_file": pki.ca, "certfile": pki.cert, "keyfile": pki.key}
+        self.signer = Signer([parse_key(SIGNING_SECRET)])  # type: ignore[list-item]
+        self.tls = {"ca_file": pki.ca, "certfile": pki.client_cert, "keyfile": pki.client_key}
 
     def _context(self) -> ssl.SSLContext:
         return create_client_context(
-            ca_file=self.pki.ca, certfile=self.pki.cert, keyfile=self.pki.key
+            ca_file=self.pki.ca, certfile=self.pki.client_cert, keyfile=self.pki.client_key
         )
 
     def _sender_kwargs(self) -> dict[str, Any]:
-        return {"signing_keys": SECRET, **self.tls, "retry": RetryPolicy.interactive()}
+        return {"signing_keys": SIGNING_SECRET, **self.tls, "retry": RetryPolicy.interactive()}
 
     def _headers(self) -> dict[str, str]:
         signed = self.signer.sign(self.body, webhook_id=Signer.new_webhook_id())
@@ -176,39 +156,53 @@ class Cases:
 
 
 @contextlib.contextmanager
-def _nginx(workdir: Path, pki: Pki) -> Iterator[str]:
+def _nginx(workdir: Path, pki: BenchPki) -> Iterator[str]:
     with run_nginx(
         workdir / "nginx",
-        cert=pki.server_cert,
-        key=pki.server_key,
-        client_ca=pki.ca,
+        cert=Path(pki.server_cert),
+        key=Path(pki.server_key),
+        client_ca=Path(pki.ca),
         worker_cpu=0 if (os.cpu_count() or 1) > 1 else None,
     ) as nginx:
         yield nginx.url + "/hook"
 
 
-def measure(deliveries: int = 2000, rounds: int = 3) -> dict[str, float]:
-    """Run every case ``rounds`` times, interleaved; return the median deliveries/s of each."""
-    pinned = (os.cpu_count() or 1) > 1 and _pin_to_core(1)
-    samples: dict[str, list[float]] = {}
+@dataclass(frozen=True)
+class Sample:
+    """One run of one case."""
+
+    rate: float  # deliveries/s
+    cpu_us: float  # this process's CPU per delivery, setup included
+
+
+def measure(deliveries: int = 2000, rounds: int = 3) -> dict[str, list[Sample]]:
+    """Run every case ``rounds`` times, interleaved; return every sample by case."""
+    samples: dict[str, list[Sample]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-sender-") as tmp:
-        pki = _pki(Path(tmp))
+        pki = make_pki(Path(tmp))
         with _nginx(Path(tmp), pki) as url:
             cases = Cases(pki, url, deliveries)
-            plan: list[tuple[str, Callable[[], float]]] = [
-                ("naive", cases.naive),
-                ("sync", cases.sync),
+            plan: list[tuple[str, Callable[[], float], int]] = [
+                ("naive", cases.naive, deliveries),
+                ("sync", cases.sync, deliveries),
             ]
             for c in CONCURRENCY:
-                plan.append((f"async@{c}", functools.partial(_run, cases.ours_async, c)))
-                plan.append((f"aiohttp@{c}", functools.partial(_run, cases.raw_aiohttp, c)))
-                plan.append((f"httpx-async@{c}", functools.partial(_run, cases.raw_httpx_async, c)))
+                plan += [
+                    (f"async@{c}", functools.partial(_run, cases.ours_async, c), deliveries),
+                    (f"aiohttp@{c}", functools.partial(_run, cases.raw_aiohttp, c), deliveries),
+                    (
+                        f"httpx-async@{c}",
+                        functools.partial(_run, cases.raw_httpx_async, c),
+                        max(1, deliveries // 4),
+                    ),
+                ]
             for _ in range(rounds):
-                for name, case in plan:
-                    samples.setdefault(name, []).append(case())
-    result = {name: statistics.median(values) for name, values in samples.items()}
-    result["_pinned"] = float(pinned)
-    return result
+                for name, case, count in plan:
+                    cpu_started = time.process_time()
+                    rate = case()
+                    cpu_us = (time.process_time() - cpu_started) / count * 1e6
+                    samples.setdefault(name, []).append(Sample(rate, cpu_us))
+    return samples
 
 
 def _run(case: Callable[[int], Coroutine[Any, Any, float]], concurrency: int) -> float:
@@ -225,26 +219,30 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     parser.add_argument("--deliveries", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    rates = measure(args.deliveries, args.rounds)
-    pinned = bool(rates.pop("_pinned"))
+    pinned = (os.cpu_count() or 1) > 1 and _pin_to_core(1)
+    samples = measure(args.deliveries, args.rounds)
+    where = "nginx core 0 / client core 1" if pinned else "unpinned"
     rows: list[dict[str, object]] = [
         {
             "bench": "sender",
             "case": name,
-            "value": round(rate),
+            "value": round(statistics.median(s.rate for s in runs)),
             "unit": "deliveries/s",
-            "note": f"median of {args.rounds}, {args.deliveries} x 1 KiB"
-            + (", nginx core 0 / client core 1" if pinned else ", unpinned"),
+            "note": f"client CPU {statistics.median(s.cpu_us for s in runs):.0f} us/delivery; "
+            f"median of {args.rounds}, {where}",
         }
-        for name, rate in rates.items()
+        for name, runs in samples.items()
     ]
     ratios = [
-        ("sync / naive", rates["sync"] / rates["naive"], 5.0),
-        ("async@32 / sync", rates["async@32"] / rates["sync"], 2.0),
-        ("async@32 / aiohttp@32", rates["async@32"] / rates["aiohttp@32"], 0.8),
-        ("async@64 / async@8", rates["async@64"] / rates["async@8"], 1.0),
+        ("sync / naive", "sync", "naive", 5.0),
+        ("async@32 / sync", "async@32", "sync", 2.0),
+        ("async@32 / aiohttp@32", "async@32", "aiohttp@32", 0.8),
+        ("async@64 / async@8", "async@64", "async@8", 1.0),
     ]
-    for name, ratio, target in ratios:
+    for name, top, bottom, target in ratios:
+        ratio = statistics.median(
+            t.rate / b.rate for t, b in zip(samples[top], samples[bottom], strict=True)
+        )
         rows.append(
             {
                 "bench": "sender",
@@ -253,16 +251,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
                 "unit": "ratio",
                 "target": f">= {target:g}",
                 "ok": ratio >= target,
+                "note": "median of per-round ratios",
             }
         )
     width = max(len(str(r["case"])) for r in rows)
     for row in rows:
-        extra = (
-            f"  (target {row['target']}: {'ok' if row['ok'] else 'MISSED'})"
-            if "target" in row
-            else ""
+        verdict = (
+            f"target {row['target']}: {'ok' if row['ok'] else 'MISSED'}; " if "ok" in row else ""
         )
-        print(f"{row['case']:<{width}}  {row['value']:>8} {row['unit']}{extra}")
+        print(f"{row['case']:<{width}}  {row['value']:>8} {row['unit']:<13} {verdict}{row['note']}")
     return rows
 
 

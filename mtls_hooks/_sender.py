@@ -281,15 +281,8 @@ class _SenderBase:
         return replay_then_attempt
 
     def _record_wait(self, delivery: _Delivery, state: tenacity.RetryCallState) -> None:
-        last = delivery.attempts[-1]
-        delivery.attempts[-1] = Attempt(
-            last.number,
-            last.status_code,
-            last.latency_s,
-            last.error,
-            last.detail,
-            wait_s=state.upcoming_sleep,
-            wait_reason=self.retry.wait_reason(state),
+        delivery.attempts[-1] = delivery.attempts[-1]._replace(
+            wait_s=state.upcoming_sleep, wait_reason=self.retry.wait_reason(state)
         )
 
     def _answer(
