@@ -202,9 +202,13 @@ class AsyncWebhookSender(_SenderBase):
                     results[index] = exc.result
 
         workers = min(concurrency or self.max_connections, max(1, len(queue)))
-        async with asyncio.TaskGroup() as group:
-            for _ in range(workers):
-                group.create_task(worker())
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(workers):
+                    group.create_task(worker())
+        except* ConfigurationError as group_error:
+            # The other workers were cancelled; surface the error as send() would, unwrapped.
+            raise group_error.exceptions[0] from None
         return [r for r in results if r is not None]
 
     async def aclose(self) -> None:

@@ -111,6 +111,28 @@ def test_send_many_async_bounded_concurrency(pki: SenderPki, serve: Serve) -> No
     assert server.connections <= 3
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_send_many_raises_a_bad_message_unwrapped(kind: str, pki: SenderPki, serve: Serve) -> None:
+    server = serve([])
+    messages = [WebhookMessage(server.url(), {}), WebhookMessage("http://plain/h", {})]
+    kwargs = {"signing_keys": SECRET, **pki.client()}
+
+    def send_all() -> None:
+        if kind == "sync":
+            with WebhookSender(**kwargs) as sender:
+                sender.send_many(messages)
+            return
+
+        async def main() -> None:
+            async with AsyncWebhookSender(**kwargs) as sender:
+                await sender.send_many(messages, concurrency=2)
+
+        asyncio.run(main())
+
+    with pytest.raises(ConfigurationError, match="must be https"):
+        send_all()
+
+
 def test_async_sender_refuses_use_after_aclose(pki: SenderPki, serve: Serve) -> None:
     server = serve([])
 
