@@ -54,6 +54,7 @@ def test_run_all_quick_prints_one_table() -> None:
         "baseline keep-alive",
         "baseline handshake",
         "ours keep-alive",
+        "ours latency p50, 1 conn",
         "ours handshake",
         "ours+verify keep-alive",
         "ours+verify[sqlite] keep-alive",
