@@ -18,8 +18,9 @@ Metrics: keep-alive requests/s with p50/p99 latency at saturation (1 KiB POST, 1
 connections, one request in flight each), new-handshake connections/s, the latency of a
 single connection (no queueing), and the CPU use of the generator and of the server over the
 same window, also per request: on a shared machine a time-sliced core lowers the rates but
-not the CPU a request costs, so the "per server CPU-s" ratios cross-check the raw ones. Scenarios run interleaved (the order rotates every round); each
-ratio is the median of its per-round ratios, so drift on a shared machine cancels out.
+not the CPU a request costs, so the "per server CPU-s" ratios cross-check the raw ones.
+Scenarios run interleaved (the order rotates every round); each ratio is the median of its
+per-round ratios, so drift on a shared machine cancels out.
 
 Run: ``.venv/bin/python -m bench.bench_serving [--rounds 3] [--quick]``.
 """
