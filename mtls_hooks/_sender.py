@@ -200,6 +200,25 @@ class _SenderBase:
         self._clock = clock
         self._monotonic = monotonic
         self._sleep = sleep
+        self._open()
+
+    def _open(self) -> None:
+        """Create the twin's HTTP client; called once, at the end of ``__init__``."""
+        raise NotImplementedError
+
+    def _httpx_options(self) -> dict[str, Any]:
+        """The ``httpx.Client`` / ``httpx.AsyncClient`` settings both twins share."""
+        return {
+            "verify": self._ssl_context,  # built once here; httpx 0.28 deprecates cert=
+            "http2": self.http2,
+            "follow_redirects": False,  # Standard Webhooks: a 3xx is a failure
+            "trust_env": False,  # no proxy or CA from the environment behind the caller's back
+            "timeout": self.retry.attempt_timeout_s,
+            "limits": httpx.Limits(
+                max_connections=self.max_connections,
+                max_keepalive_connections=self.max_connections,
+            ),
+        }
 
     def __repr__(self) -> str:
         # Never the keys: only what an operator needs to tell senders apart.

@@ -48,30 +48,18 @@ class AsyncWebhookSender(_SenderBase):
     """Sends webhooks from asyncio over one pooled keep-alive connection set.
 
     Same constructor and method names as :class:`WebhookSender`. Use ``async with``, or
-    await :meth:`aclose`.
+    await :meth:`aclose`, within one event loop (aiohttp binds its session to the loop of
+    the first delivery).
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        """Take the same arguments as :class:`WebhookSender`.
-
-        Raises:
-            ConfigurationError: see :class:`WebhookSender`.
-        """
-        super().__init__(**kwargs)
+    def _open(self) -> None:
         self._async_sleep = _async_sleep(self._sleep)
         self._session: aiohttp.ClientSession | None = None
         self._httpx: httpx.AsyncClient | None = None
         self._closed = False
         self._default_timeout = aiohttp.ClientTimeout(total=self.retry.attempt_timeout_s)
         if self.http2:
-            self._httpx = httpx.AsyncClient(
-                verify=self._ssl_context,
-                http2=True,
-                follow_redirects=False,
-                trust_env=False,
-                timeout=self.retry.attempt_timeout_s,
-                limits=httpx.Limits(max_connections=self.max_connections),
-            )
+            self._httpx = httpx.AsyncClient(**self._httpx_options())
 
     def _aiohttp(self) -> aiohttp.ClientSession:
         # Created on first use: aiohttp binds a session to the running event loop.

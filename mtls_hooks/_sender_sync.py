@@ -6,7 +6,7 @@ import concurrent.futures
 import http.cookiejar
 import time
 from collections.abc import Iterable
-from typing import Any, Self
+from typing import Self
 
 import httpx
 import tenacity
@@ -22,26 +22,15 @@ __all__ = ["WebhookSender"]
 class WebhookSender(_SenderBase):
     """Sends webhooks synchronously over one pooled, keep-alive ``httpx.Client``.
 
-    Thread-safe. Use it as a context manager, or call :meth:`close`.
+    Thread-safe. Use it as a context manager, or call :meth:`close`. The constructor
+    (keyword-only, shared with :class:`AsyncWebhookSender`) is documented on
+    ``_SenderBase.__init__``: TLS material, pins, signing keys, retry policy, pool size,
+    HTTP/2, and the injectable clocks and sleep.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        """Take the arguments documented on :class:`_SenderBase` (same as the async twin).
-
-        Raises:
-            ConfigurationError: see :class:`_SenderBase`.
-        """
-        super().__init__(**kwargs)
+    def _open(self) -> None:
         self._client = httpx.Client(
-            verify=self._ssl_context,
-            http2=self.http2,
-            follow_redirects=False,  # Standard Webhooks: a 3xx is a failure
-            trust_env=False,  # no proxy or CA from the environment behind the caller's back
-            timeout=self.retry.attempt_timeout_s,
-            limits=httpx.Limits(
-                max_connections=self.max_connections,
-                max_keepalive_connections=self.max_connections,
-            ),
+            **self._httpx_options(),
             # A receiver's cookies must not follow us to the next delivery.
             cookies=http.cookiejar.CookieJar(
                 http.cookiejar.DefaultCookiePolicy(allowed_domains=[])

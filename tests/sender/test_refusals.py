@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ from tests.sender.scripted import ScriptedServer
 Serve = Callable[..., ScriptedServer]
 
 
-def _kwargs(pki: SenderPki, fake_time: FakeTime, **tls: object) -> dict[str, object]:
+def _kwargs(pki: SenderPki, fake_time: FakeTime, **tls: object) -> dict[str, Any]:
     return {"signing_keys": SECRET, **pki.client(), **fake_time.kwargs(),
             "retry": exact_policy(), **tls}  # fmt: skip
 

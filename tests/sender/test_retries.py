@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from standardwebhooks.webhooks import Webhook
@@ -16,7 +17,7 @@ from tests.sender.scripted import Reset, ScriptedServer, Stall, Status
 Serve = Callable[..., ScriptedServer]
 
 
-def _kwargs(pki: SenderPki, fake_time: FakeTime, **policy: object) -> dict[str, object]:
+def _kwargs(pki: SenderPki, fake_time: FakeTime, **policy: object) -> dict[str, Any]:
     return {"signing_keys": SECRET, **pki.client(), **fake_time.kwargs(),
             "retry": exact_policy(**policy)}  # fmt: skip
 
