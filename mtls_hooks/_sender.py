@@ -20,7 +20,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -50,6 +50,8 @@ from mtls_hooks._signing import Signer, SigningKey, parse_key
 from mtls_hooks._tls import PathLike, create_client_context
 
 __all__ = ["WebhookMessage"]
+
+_R = TypeVar("_R")
 
 _USER_AGENT = "mtls-hooks/0.1"
 _TAG = re.compile(r"<[^>]*>")
@@ -282,8 +284,8 @@ class _SenderBase:
 
     @staticmethod
     def _replaying(
-        first: AttemptFailed, attempt: Callable[[_Delivery], None]
-    ) -> Callable[[_Delivery], None]:
+        first: AttemptFailed, attempt: Callable[[_Delivery], _R]
+    ) -> Callable[[_Delivery], _R]:
         """Wrap ``attempt`` so tenacity's attempt 1 re-raises ``first`` without I/O.
 
         Both twins make the first try outside tenacity: a delivery answered 2xx at once (the
@@ -292,12 +294,12 @@ class _SenderBase:
         """
         replayed = False
 
-        def replay_then_attempt(delivery: _Delivery) -> None:
+        def replay_then_attempt(delivery: _Delivery) -> _R:
             nonlocal replayed
             if not replayed:
                 replayed = True
                 raise first
-            attempt(delivery)
+            return attempt(delivery)
 
         return replay_then_attempt
 
@@ -383,11 +385,11 @@ class _SenderBase:
         name = type(exc).__name__
         text = str(exc) or name
         if isinstance(exc, httpx.TimeoutException | TimeoutError):
-            return AttemptFailed(f"{name}: no answer in time", retryable=True, kind="timeout",
-                                 error=name)  # fmt: skip
+            message = f"{name}: no answer in time"
+            return AttemptFailed(message, retryable=True, kind="timeout", error=name)
         if isinstance(exc, httpx.ConnectError | aiohttp.ClientConnectorError):
-            return AttemptFailed(f"cannot connect: {text}", retryable=True, kind="connect",
-                                 error=name)  # fmt: skip
+            message = f"cannot connect: {text}"
+            return AttemptFailed(message, retryable=True, kind="connect", error=name)
         if any(_dropped(inner) for inner in _cause_chain(exc)):
             # Under TLS 1.3 a receiver refusing our certificate after its handshake (our own
             # receiver's pinning, for one) just drops the connection: say so, keep retrying.

@@ -105,26 +105,16 @@ class AsyncWebhookSender(_SenderBase):
             retrying = tenacity.AsyncRetrying(
                 sleep=self._async_sleep, **self._retrying_kwargs(delivery)
             )
+            replay = self._replaying(first, self._attempt)
+
+            async def again(delivery: _Delivery) -> None:
+                await replay(delivery)  # a coroutine function, for tenacity to await
+
             try:
-                await retrying(self._replaying_async(first, self._attempt), delivery)
+                await retrying(again, delivery)
             except AttemptFailed as failure:
                 raise self._final_error(delivery, failure) from failure.__cause__
         return self._result(delivery)
-
-    @staticmethod
-    def _replaying_async(
-        first: AttemptFailed, attempt: Callable[[_Delivery], Awaitable[None]]
-    ) -> Callable[[_Delivery], Awaitable[None]]:
-        replayed = False
-
-        async def replay_then_attempt(delivery: _Delivery) -> None:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                raise first
-            await attempt(delivery)
-
-        return replay_then_attempt
 
     async def _attempt(self, delivery: _Delivery) -> None:
         headers = self._sign(delivery)
