@@ -61,6 +61,7 @@ class AttemptFailed(Exception):
         kind: a short code: ``"status"``, ``"redirect"``, ``"gone"``, ``"timeout"``,
             ``"connect"``, ``"transport"``, ``"tls"``.
         error: the class name of the underlying exception, ``None`` for a status.
+        detail: what the attempt record shows: a body snippet, ``Retry-After``, the message.
     """
 
     def __init__(
@@ -72,8 +73,10 @@ class AttemptFailed(Exception):
         status_code: int | None = None,
         retry_after_s: float | None = None,
         error: str | None = None,
+        detail: str | None = None,
     ) -> None:
         super().__init__(message)
+        self.detail = message if detail is None else detail
         self.retryable = retryable
         self.kind = kind
         self.status_code = status_code

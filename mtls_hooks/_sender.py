@@ -11,11 +11,9 @@ send bytes and loop with tenacity.
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import functools
 import json
 import math
-import re
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
-import aiohttp
 import httpx
 import tenacity
 
@@ -31,21 +28,15 @@ from mtls_hooks._errors import (
     ConfigurationError,
     DeliveryError,
     EndpointGoneError,
-    PinError,
     RetriesExhaustedError,
     StatusError,
     TLSError,
     TransportError,
 )
+from mtls_hooks._outcomes import classify_exception, classify_status
 from mtls_hooks._policy import PeerPolicy
 from mtls_hooks._results import Attempt, DeliveryResult
-from mtls_hooks._retry import (
-    RETRYABLE_STATUS_CODES,
-    AttemptFailed,
-    RetryPolicy,
-    parse_retry_after,
-    stop_before_deadline,
-)
+from mtls_hooks._retry import AttemptFailed, RetryPolicy, stop_before_deadline
 from mtls_hooks._signing import Signer, SigningKey, parse_key
 from mtls_hooks._tls import PathLike, create_client_context
 
@@ -54,16 +45,6 @@ __all__ = ["WebhookMessage"]
 _R = TypeVar("_R")
 
 _USER_AGENT = "mtls-hooks/0.1"
-_TAG = re.compile(r"<[^>]*>")
-_SNIPPET_CHARS = 200
-# TLS alerts by which a receiver refuses *our* certificate: no retry can fix those either.
-_CLIENT_CERT_ALERTS = (
-    "ALERT_CERTIFICATE",  # _EXPIRED, _REVOKED, _UNKNOWN, _REQUIRED, BAD_CERTIFICATE
-    "ALERT_BAD_CERTIFICATE",
-    "ALERT_UNKNOWN_CA",
-    "ALERT_ACCESS_DENIED",
-    "ALERT_HANDSHAKE_FAILURE",
-)
 
 
 class WebhookMessage(NamedTuple):
@@ -92,28 +73,6 @@ class _Delivery:
 def _is_https_url(url: str) -> bool:
     parts = urlsplit(url)
     return parts.scheme == "https" and bool(parts.hostname)
-
-
-def _cause_chain(exc: BaseException) -> Iterable[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def _dropped(exc: BaseException) -> bool:
-    """True for a connection closed or reset under us, however the library words it."""
-    if isinstance(exc, httpx.RemoteProtocolError | aiohttp.ServerDisconnectedError):
-        return True
-    return isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE)
-
-
-def _snippet(body: bytes) -> str:
-    # Error pages are often HTML (nginx's "<h1>410 Gone</h1>"): keep the words, not the tags.
-    text = _TAG.sub(" ", body[: _SNIPPET_CHARS * 4].decode("utf-8", "replace"))
-    return " ".join(text.split())[:_SNIPPET_CHARS]
 
 
 class _SenderBase:
@@ -317,87 +276,21 @@ class _SenderBase:
         latency_s: float,
     ) -> None:
         """Record an HTTP answer; raise AttemptFailed unless it is a 2xx."""
-        number = len(delivery.attempts) + 1
-        if 200 <= status < 300:
-            delivery.attempts.append(Attempt(number, status, latency_s))
-            return
-        retry_after_s = None
-        detail = _snippet(body)
-        retryable = status in RETRYABLE_STATUS_CODES
-        if retryable:
-            retry_after_s = parse_retry_after(headers.get("retry-after"), now=self._clock())
-            if retry_after_s is not None:
-                detail = f"Retry-After {headers.get('retry-after')}"
-        delivery.attempts.append(Attempt(number, status, latency_s, detail=detail))
-        if status == 410:
-            kind, message = "gone", f"endpoint gone (410) at {delivery.url}: stop sending to it"
-        elif 300 <= status < 400:
-            kind = "redirect"
-            message = (
-                f"receiver answered {status} (Location: {headers.get('location', '-')}); "
-                "redirects are never followed: update the endpoint URL"
-            )
-        else:
-            kind = "status"
-            message = f"receiver answered {status}" + (f": {detail}" if detail else "")
-        raise AttemptFailed(
-            message, retryable=retryable, kind=kind, status_code=status, retry_after_s=retry_after_s
+        failure = classify_status(status, headers, body, url=delivery.url, now=self._clock())
+        detail = "" if failure is None else failure.detail
+        delivery.attempts.append(
+            Attempt(len(delivery.attempts) + 1, status, latency_s, None, detail)
         )
+        if failure is not None:
+            raise failure
 
     def _failed(self, delivery: _Delivery, exc: BaseException, latency_s: float) -> AttemptFailed:
         """Classify an httpx, aiohttp, ssl or OS failure of one try, and record it."""
-        failure = self._classify(exc)
+        failure = classify_exception(exc, trust=self._trust)
         delivery.attempts.append(
-            Attempt(len(delivery.attempts) + 1, None, latency_s, failure.error, detail=str(failure))
+            Attempt(len(delivery.attempts) + 1, None, latency_s, failure.error, failure.detail)
         )
         return failure
-
-    def _classify(self, exc: BaseException) -> AttemptFailed:
-        for inner in _cause_chain(exc):
-            if isinstance(inner, aiohttp.ClientError):
-                continue  # aiohttp's wrappers subclass ssl errors; read the one they wrap
-            name = type(inner).__name__
-            if isinstance(inner, PinError):
-                return AttemptFailed(
-                    f"server SPKI {inner.spki_pin} not in pins (subject {inner.subject!r})",
-                    retryable=False,
-                    kind="tls",
-                    error=name,
-                )
-            if isinstance(inner, ssl.SSLCertVerificationError):
-                why = inner.verify_message or inner.reason or str(inner)
-                if "hostname" in str(why).lower():
-                    message = f"server certificate does not match the URL host ({why})"
-                else:
-                    message = f"server certificate not trusted by {self._trust} ({why})"
-                return AttemptFailed(message, retryable=False, kind="tls", error=name)
-            reason = str(getattr(inner, "reason", None) or inner)
-            if isinstance(inner, ssl.SSLError) and any(
-                alert in reason.upper() for alert in _CLIENT_CERT_ALERTS
-            ):
-                reason = reason.lower().replace("_", " ")
-                return AttemptFailed(
-                    f"receiver refused our client certificate ({reason})",
-                    retryable=False,
-                    kind="tls",
-                    error=name,
-                )
-        name = type(exc).__name__
-        text = str(exc) or name
-        if isinstance(exc, httpx.TimeoutException | TimeoutError):
-            message = f"{name}: no answer in time"
-            return AttemptFailed(message, retryable=True, kind="timeout", error=name)
-        if isinstance(exc, httpx.ConnectError | aiohttp.ClientConnectorError):
-            message = f"cannot connect: {text}"
-            return AttemptFailed(message, retryable=True, kind="connect", error=name)
-        if any(_dropped(inner) for inner in _cause_chain(exc)):
-            # Under TLS 1.3 a receiver refusing our certificate after its handshake (our own
-            # receiver's pinning, for one) just drops the connection: say so, keep retrying.
-            text += (
-                " (if every attempt ends so, the receiver may be refusing our client "
-                "certificate: TLS 1.3 shows that only as a dropped connection)"
-            )
-        return AttemptFailed(f"{name}: {text}", retryable=True, kind="transport", error=name)
 
     def _result(self, delivery: _Delivery, error: DeliveryError | None = None) -> DeliveryResult:
         return DeliveryResult(delivery.url, delivery.webhook_id, tuple(delivery.attempts), error)
