@@ -10,6 +10,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from mtls_hooks._cli import main
+from mtls_hooks._keys_signing import Ed25519SigningKey
 from tests.sender.conftest import PASSPHRASE, SECRET, SenderPki
 from tests.sender.scripted import ScriptedServer, Status
 
@@ -97,6 +98,11 @@ def test_failure_exits_non_zero_with_one_line(
     [
         pytest.param(["--data", "{nope"], "--data is not JSON", id="bad-json"),
         pytest.param(["--secret-env", "UNSET_VAR_X"], "UNSET_VAR_X is not set", id="no-secret"),
+        pytest.param(["--pkcs12", "c.p12"], "not both", id="pem-and-pkcs12"),
+        pytest.param(["--data", "@/nonexistent.json"], "cannot read", id="no-data-file"),
+        pytest.param(["--key-password-env", "UNSET_PW_X"], "UNSET_PW_X is not set", id="no-pw"),
+        pytest.param(["--secret-file", "/nonexistent"], "cannot read", id="no-secret-file"),
+        pytest.param(["--secret", "whsec_short"], "whsec_", id="bad-secret"),
     ],
 )
 def test_configuration_errors_are_one_line(
@@ -115,3 +121,19 @@ def test_secret_never_printed(
     main(["send", server.url(), *_tls(pki), "--data", json.dumps({"a": 1})])
     captured = capsys.readouterr()
     assert SECRET not in captured.out + captured.err
+
+
+def test_rotation_keys_from_a_file_and_the_default_variable(
+    pki: SenderPki, serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = serve([])
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"{SECRET}\n{Ed25519SigningKey.generate().export()}\n", encoding="utf-8")
+    tls = ["--cert", str(pki.path("client.pem")), "--key", str(pki.path("client.key")),
+           "--ca", str(pki.ca_file)]  # fmt: skip
+    assert main(["send", server.url(), *tls, "--secret-file", str(keys)]) == 0
+    versions = [e.split(",")[0] for e in server.requests[0].headers["webhook-signature"].split()]
+    assert versions == ["v1", "v1a"]
+    monkeypatch.setenv("MTLS_HOOKS_SECRET", SECRET)
+    assert main(["send", server.url(), *tls]) == 0
+    assert Webhook(SECRET).verify(server.requests[1].body, server.requests[1].headers) == {}
