@@ -1,0 +1,14 @@
+"""The smallest sender: one signed webhook over mTLS (certificates from certs-tool quickstart)."""
+
+import os
+
+from mtls_hooks._sender_sync import WebhookSender
+
+url = os.environ.get("WEBHOOK_URL", "https://localhost:8443/webhooks")
+with WebhookSender(
+    signing_keys=os.environ["WEBHOOK_SECRET"],
+    certfile="certs/client.pem",
+    keyfile="certs/client-key.pem",
+    ca_file="certs/ca.pem",
+) as sender:
+    print(sender.send(url, {"invoice": "in_1", "amount": 4200}, event_type="invoice.paid"))
