@@ -43,25 +43,27 @@ def free_port() -> int:
         return port
 
 
-def start_nginx(workdir: Path, port: int) -> subprocess.Popen[bytes]:
-    """Start nginx in the foreground and wait (bounded) until it accepts connections."""
+def start_nginx(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start nginx in the foreground on a free port; wait (bounded) until it accepts."""
     # Debian keeps nginx in /usr/sbin, which is not on every PATH.
     nginx = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
     if nginx is None:
         raise SystemExit("nginx is not installed")
     conf = workdir / "nginx.conf"
-    conf.write_text(render(TEMPLATE.read_text(), WORKDIR=str(workdir), PORT=str(port)))
     # -e: the error log before the config is read (else /var/log/nginx/error.log).
     command = [nginx, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")]
-    proc = subprocess.Popen(command, stderr=subprocess.DEVNULL, start_new_session=True)  # noqa: S603 (our own argv)
-    deadline = time.monotonic() + 10
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    stop_nginx(proc)
+    for _ in range(3):  # a port found free may be taken before nginx binds it: try another
+        port = free_port()
+        conf.write_text(render(TEMPLATE.read_text(), WORKDIR=str(workdir), PORT=str(port)))
+        proc = subprocess.Popen(command, start_new_session=True)  # noqa: S603 (our own argv)
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return proc, port
+            except OSError:
+                time.sleep(0.05)
+        stop_nginx(proc)
     raise SystemExit(f"nginx did not start:\n{(workdir / 'error.log').read_text()}")
 
 
@@ -76,12 +78,13 @@ def stop_nginx(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=5)
 
 
-def sender(workdir: Path, name: str) -> WebhookSender:
+def sender(workdir: Path, name: str, server_pin: str) -> WebhookSender:
     return WebhookSender(
         signing_keys=HmacSecret.generate().export(),
         certfile=workdir / f"{name}.pem",
         keyfile=workdir / f"{name}-key.pem",
         ca_file=workdir / "ca.pem",
+        pins=[server_pin],  # and we pin nginx's key, checked inside our handshake
         retry=ONE_TRY,
     )
 
@@ -89,27 +92,27 @@ def sender(workdir: Path, name: str) -> WebhookSender:
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        workdir.chmod(0o755)  # run as root, nginx's workers drop to "nobody"
+        workdir.chmod(0o755)  # under root, nginx's workers run as "nobody": let them in
         ca, stranger_ca = CA(), CA()
         ca.cert_pem.write_to_path(workdir / "ca.pem")
+        server = ca.issue_server("localhost", "127.0.0.1")
         for name, issued in [
-            ("server", ca.issue_server("localhost", "127.0.0.1")),
+            ("server", server),
             ("billing", ca.issue_client("billing", uris=["spiffe://example.org/billing"])),
             ("stranger", stranger_ca.issue_client("stranger")),
         ]:
             issued.cert_pem.write_to_path(workdir / f"{name}.pem")
             issued.private_key_pem().write_to_path(workdir / f"{name}-key.pem")
 
-        port = free_port()
+        proc, port = start_nginx(workdir)
         url = f"https://127.0.0.1:{port}/webhooks"
-        proc = start_nginx(workdir, port)
         print(f"nginx {proc.pid} listening on 127.0.0.1:{port} with ssl_verify_client on")
         try:
-            with sender(workdir, "billing") as billing:
+            with sender(workdir, "billing", server.spki_pin) as billing:
                 for n in range(3):
                     result = billing.send(url, {"invoice": f"in_{n}"}, event_type="invoice.paid")
                     print(f"sent {result.webhook_id}: {result.status_code}")
-            with sender(workdir, "stranger") as stranger:
+            with sender(workdir, "stranger", server.spki_pin) as stranger:
                 try:
                     stranger.send(url, {"invoice": "in_x"}, event_type="invoice.paid")
                     refused = False
