@@ -282,25 +282,32 @@ SERVICE = EXAMPLES / "service"
 PLACEHOLDER_PINS = ("sha256/" + "A" * 43 + "=", "sha256/" + "B" * 42 + "A=")
 
 
-def _unit_environment(unit: Path, credentials: Path, state: Path) -> dict[str, str]:
-    """The ``Environment=`` of the unit, with the systemd specifiers it uses resolved."""
-    parser = configparser.ConfigParser(strict=False, interpolation=None)
+UNIT = SERVICE / "mtls-hooks-receiver.service"
+
+
+def test_service_unit_runs_the_cli_hardened() -> None:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)  # repeated keys
     parser.optionxform = str  # type: ignore[assignment,method-assign]
-    environment: dict[str, str] = {}
-    for line in unit.read_text().splitlines():
-        if line.startswith("Environment="):
-            name, _, value = line.removeprefix("Environment=").partition("=")
-            environment[name] = value.replace("%d", str(credentials)).replace("%S", str(state))
-    parser.read_string(unit.read_text())
+    parser.read_string(UNIT.read_text())
     service = parser["Service"]
-    assert service["ExecStart"].endswith(
+    exec_start = " ".join(service["ExecStart"].replace("\\\n", " ").split())
+    assert exec_start.endswith(
         "mtls-hooks serve examples.receiver_app:app --config /etc/mtls-hooks/receiver.toml"
     )
     assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
-    for setting in ("NoNewPrivileges", "PrivateTmp"):
-        assert service[setting] == "yes"
-    assert service["ProtectSystem"] == "strict"
     assert service["LoadCredential"].startswith("server-key.pem:")
+    for setting, value in [("NoNewPrivileges", "yes"), ("PrivateTmp", "yes"),
+                           ("ProtectSystem", "strict"), ("User", "mtls-hooks")]:  # fmt: skip
+        assert service[setting] == value
+
+
+def _unit_environment(credentials: Path, state: Path) -> dict[str, str]:
+    """The unit's ``Environment=`` lines, with the systemd specifiers they use resolved."""
+    environment: dict[str, str] = {}
+    for line in UNIT.read_text().splitlines():
+        if line.startswith("Environment="):
+            name, _, value = line.removeprefix("Environment=").partition("=")
+            environment[name] = value.replace("%d", str(credentials)).replace("%S", str(state))
     return environment
 
 
@@ -323,7 +330,7 @@ def test_service_toml_and_unit_serve_the_receiver_app(
         text = text.replace(placeholder, pin)
     (etc / "receiver.toml").write_text(text)
 
-    environment = _unit_environment(SERVICE / "mtls-hooks-receiver.service", credentials, state)
+    environment = _unit_environment(credentials, state)
     config = ServerConfig.load(config_file=etc / "receiver.toml", environ=environment)
     assert config.keyfile == str(credentials / "server-key.pem")
     assert config.certfile == str(etc / "tls" / "server.pem")
