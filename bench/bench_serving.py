@@ -101,7 +101,7 @@ SCENARIOS: tuple[Scenario, ...] = (
 class Settings:
     """Bounds of one benchmark run; ``quick()`` is the smoke-test size."""
 
-    rounds: int = 5
+    rounds: int = 4
     duration_s: float = 2.0
     max_requests: int = 200_000
     max_signed_requests: int = 40_000  # pre-signed in memory: bound it to what Python can take
