@@ -316,13 +316,16 @@ class _Worker:
         self.last_done = 0.0
         self.timing = False
         self.active = 0
+        # Untimed requests left per connection during the warm-up.
+        self.warm_left: dict[int, int] = {}
 
     # -- request supply ------------------------------------------------------------------
 
     def _take_request(self) -> bytes | None:
-        if self.timing and self.started >= self.budget:
-            return None
-        self.started += self.timing
+        if self.timing:
+            if self.started >= self.budget:
+                return None
+            self.started += 1
         if len(self.requests) == 1:
             return self.requests[0]
         request = self.requests[self.next_request % len(self.requests)]
@@ -372,6 +375,15 @@ class _Worker:
             self._advance(conn)
 
     def _next(self, conn: _Conn, *, reuse: bool) -> None:
+        if not self.timing:
+            self.warm_left[id(conn)] -= 1
+            if self.warm_left[id(conn)] <= 0:
+                # Warm: parked open until the clock starts (or closed, if the server said so).
+                if not reuse:
+                    self._close(conn)
+                conn.phase = "warm"
+                self.active -= 1
+                return
         request = self._take_request()
         if request is None:
             self._close(conn)
@@ -494,29 +506,11 @@ class _Worker:
         """Open every keep-alive connection and run a few untimed requests on each."""
         if self.spec.mode != KEEP_ALIVE:
             return
-        remaining = {id(conn): self.spec.warmup_requests for conn in conns}
-
         for conn in conns:
+            self.warm_left[id(conn)] = self.spec.warmup_requests
             self.active += 1
             self._begin(conn, self._take_request() or b"", new_connection=True)
-        # Reuse the loop: each completion decrements the connection's warm-up count.
-        original_next = self._next
-
-        def warm_next(conn: _Conn, *, reuse: bool) -> None:
-            remaining[id(conn)] -= 1
-            if remaining[id(conn)] <= 0:
-                conn.phase = "warm"
-                self.active -= 1
-                if not reuse:
-                    self._close(conn)
-                return
-            original_next(conn, reuse=reuse)
-
-        self._next = warm_next  # type: ignore[method-assign]
-        try:
-            self._loop(deadline)
-        finally:
-            del self._next
+        self._loop(deadline)
         self.errors = self.reconnects = self.resent = 0
 
     def run(self, conns: list[_Conn], deadline: float) -> tuple[float, float]:
@@ -534,6 +528,11 @@ class _Worker:
         self._loop(deadline)
         after = os.times()
         return start, (after.user - times.user) + (after.system - times.system)
+
+    def close_all(self, conns: list[_Conn]) -> None:
+        """Close every connection (after the timed window)."""
+        for conn in conns:
+            self._close(conn)
 
 
 # Non-blocking TLS: each means "call again when the socket is readable/writable".
@@ -565,8 +564,7 @@ def _generator_process(
         if not go.wait(_READY_TIMEOUT_S):
             return
         start, cpu_s = worker.run(conns, time.monotonic() + spec.duration_s)
-        for conn in conns:
-            worker._close(conn)
+        worker.close_all(conns)
         payload = {
             "start": start,
             "end": worker.last_done or time.monotonic(),
