@@ -17,7 +17,7 @@ import hmac
 import ipaddress
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias, TypedDict
 
 from mtls_hooks._errors import ConfigurationError
@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 CONFIG_PREFIX: Final = "MTLS_HOOKS_"
+_MAX_CACHED_VERDICTS: Final = 1024
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -171,6 +172,11 @@ class EndpointSettings:
     content_types: frozenset[str]
     body_timeout_s: float
     event_type: EventTypeExtractor
+    # Verdicts per certificate fingerprint: the policy is fixed and a sender reuses its
+    # certificate for every request, so the rule walk (~2 µs) runs once per certificate.
+    _verdicts: dict[str, tuple[str, str] | None] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def identity_refusal(self, peer: PeerIdentity | None) -> tuple[str, str] | None:
         """Return ``(reason, detail)`` when ``peer`` may not use this endpoint, else ``None``.
@@ -185,12 +191,25 @@ class EndpointSettings:
                     "(serve it with mtls_hooks, which passes the peer certificate to the app)",
                 )
             return None
-        if self.policy is None or self.policy.allows(peer):
+        if self.policy is None:
             return None
-        return (
-            "identity-not-allowed",
-            f"client {peer.subject!r} ({peer.spki_pin}) is not allowed on this endpoint",
+        verdicts = self._verdicts
+        try:
+            return verdicts[peer.fingerprint]
+        except KeyError:
+            pass
+        verdict = (
+            None
+            if self.policy.allows(peer)
+            else (
+                "identity-not-allowed",
+                f"client {peer.subject!r} ({peer.spki_pin}) is not allowed on this endpoint",
+            )
         )
+        if len(verdicts) >= _MAX_CACHED_VERDICTS:
+            verdicts.clear()  # bounded: a flood of distinct certificates cannot grow it
+        verdicts[peer.fingerprint] = verdict
+        return verdict
 
     def address_allowed(self, client: Any) -> bool:
         """True when the ASGI ``scope["client"]`` address is inside an allowed network."""

@@ -47,8 +47,8 @@ __all__ = [
 DEFAULT_RETENTION_S: Final = 7 * 24 * 3600.0
 DEFAULT_LEASE_S: Final = 120.0
 DEFAULT_MAX_ENTRIES: Final = 100_000
-# Expired rows removed per claim: bounded so a claim never pays for a long backlog.
-_PURGE_PER_CLAIM: Final = 8
+# Every this many claims, sweep at most this many expired ids: bounded work per request.
+_PURGE_BATCH: Final = 32
 
 
 class ClaimState(enum.Enum):
@@ -110,7 +110,15 @@ class MemoryDedupeStore:
     replay protection, which the signature timestamp tolerance provides.
     """
 
-    __slots__ = ("_clock", "_entries", "evicted", "lease_s", "max_entries", "retention_s")
+    __slots__ = (
+        "_claims",
+        "_clock",
+        "_entries",
+        "evicted",
+        "lease_s",
+        "max_entries",
+        "retention_s",
+    )
 
     def __init__(
         self,
@@ -136,34 +144,40 @@ class MemoryDedupeStore:
             raise ConfigurationError("max_entries must be a positive integer")
         self.max_entries = max_entries
         self._clock = clock
-        # key -> (done, expires_at), ordered by last write: the front expires first (a lease is
+        # key -> (done, expires_at), ordered by claim time: the front expires first (a lease is
         # shorter than the retention, so an expired lease further back is caught on lookup).
         self._entries: OrderedDict[str, tuple[bool, float]] = OrderedDict()
         self.evicted = 0
+        self._claims = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _write(self, key: str, done: bool, expires_at: float) -> None:
+    def _purge(self, now: float) -> None:
         entries = self._entries
-        entries[key] = (done, expires_at)
-        entries.move_to_end(key)
+        for _ in range(_PURGE_BATCH):
+            if not entries:
+                return
+            oldest, (_, expires_at) = next(iter(entries.items()))
+            if expires_at > now:
+                return
+            del entries[oldest]
 
     async def claim(self, key: str) -> ClaimState:
         """Claim ``key``; see :class:`DedupeStore`."""
         now = self._clock()
         entries = self._entries
-        for _ in range(_PURGE_PER_CLAIM):
-            if not entries:
-                break
-            oldest, (_, expires_at) = next(iter(entries.items()))
-            if expires_at > now:
-                break
-            del entries[oldest]
+        self._claims += 1
+        if not self._claims % _PURGE_BATCH:
+            # Amortised: one bounded sweep of the oldest ids every _PURGE_BATCH claims keeps
+            # the table at its live size without paying a sweep on every request.
+            self._purge(now)
         entry = entries.get(key)
-        if entry is not None and entry[1] > now:
-            return ClaimState.DONE if entry[0] else ClaimState.IN_FLIGHT
-        self._write(key, False, now + self.lease_s)
+        if entry is not None:
+            if entry[1] > now:
+                return ClaimState.DONE if entry[0] else ClaimState.IN_FLIGHT
+            entries.move_to_end(key)  # an expired id reclaimed: it is the newest again
+        entries[key] = (False, now + self.lease_s)
         if len(entries) > self.max_entries:
             entries.popitem(last=False)
             self.evicted += 1
@@ -171,7 +185,9 @@ class MemoryDedupeStore:
 
     async def complete(self, key: str) -> None:
         """Mark ``key`` done; see :class:`DedupeStore`."""
-        self._write(key, True, self._clock() + self.retention_s)
+        # Kept at its claim position: the order stays by claim time, and a done id expires a
+        # handler's run time after the ids claimed just before it, close enough for sweeping.
+        self._entries[key] = (True, self._clock() + self.retention_s)
 
     async def release(self, key: str) -> None:
         """Drop an unfinished claim; see :class:`DedupeStore`."""
