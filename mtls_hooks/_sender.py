@@ -161,6 +161,7 @@ class _SenderBase:
         self._clock = clock
         self._monotonic = monotonic
         self._sleep = sleep
+        self._closed = False
         self._open()
 
     def _open(self) -> None:
@@ -193,6 +194,8 @@ class _SenderBase:
     def _start(
         self, url: str, payload: object, event_type: str | None, webhook_id: str | None
     ) -> _Delivery:
+        if self._closed:
+            raise ConfigurationError(f"{type(self).__name__} is closed")
         if not _is_https_url(url):
             raise ConfigurationError(f"webhook URL must be https://host/...: {url!r}")
         if isinstance(payload, bytes | bytearray | memoryview):

@@ -56,15 +56,12 @@ class AsyncWebhookSender(_SenderBase):
         self._async_sleep = _async_sleep(self._sleep)
         self._session: aiohttp.ClientSession | None = None
         self._httpx: httpx.AsyncClient | None = None
-        self._closed = False
         self._default_timeout = aiohttp.ClientTimeout(total=self.retry.attempt_timeout_s)
         if self.http2:
             self._httpx = httpx.AsyncClient(**self._httpx_options())
 
     def _aiohttp(self) -> aiohttp.ClientSession:
         # Created on first use: aiohttp binds a session to the running event loop.
-        if self._closed:
-            raise ConfigurationError(f"{type(self).__name__} is closed")
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(

@@ -121,7 +121,8 @@ class WebhookSender(_SenderBase):
             return list(pool.map(one, messages))
 
     def close(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection; the sender cannot be used afterwards."""
+        self._closed = True
         self._client.close()
 
     def __enter__(self) -> Self:

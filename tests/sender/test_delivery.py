@@ -133,18 +133,25 @@ def test_send_many_raises_a_bad_message_unwrapped(kind: str, pki: SenderPki, ser
         send_all()
 
 
-def test_async_sender_refuses_use_after_aclose(pki: SenderPki, serve: Serve) -> None:
+@pytest.mark.parametrize("http2", [False, True], ids=["http1.1", "http2"])
+def test_senders_refuse_use_after_close(pki: SenderPki, serve: Serve, http2: bool) -> None:
     server = serve([])
+    kwargs = {"signing_keys": SECRET, **pki.client(), "http2": http2}
 
     async def main() -> None:
-        sender = AsyncWebhookSender(signing_keys=SECRET, **pki.client())
-        await sender.send(server.url(), b"{}")
+        sender = AsyncWebhookSender(**kwargs)
+        if not http2:  # the scripted server speaks HTTP/1.1 only
+            await sender.send(server.url(), b"{}")
         await sender.aclose()
         await sender.aclose()  # idempotent
-        with pytest.raises(ConfigurationError, match="closed"):
+        with pytest.raises(ConfigurationError, match="AsyncWebhookSender is closed"):
             await sender.send(server.url(), b"{}")
 
     asyncio.run(main())
+    with WebhookSender(**kwargs) as sync_sender:
+        pass
+    with pytest.raises(ConfigurationError, match="WebhookSender is closed"):
+        sync_sender.send(server.url(), b"{}")
 
 
 def test_result_and_attempt_text(pki: SenderPki, serve: Serve) -> None:
