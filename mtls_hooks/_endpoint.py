@@ -221,10 +221,9 @@ class EndpointSettings:
             address = ipaddress.ip_address(client[0])
         except (ValueError, TypeError, IndexError):
             return False
+        # A dual-stack socket reports an IPv4 peer as ::ffff:a.b.c.d.
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = (
-                address.ipv4_mapped
-            )  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
+            address = address.ipv4_mapped
         return any(address in network for network in self.networks)
 
     def basic_auth_ok(self, authorization: str | None) -> bool:

@@ -47,6 +47,7 @@ def build_app(sender: Sender, seen: Seen, **config: Any) -> Quart:
     hooks = WebhookReceiver(app, allow=["uri:spiffe://test.example/payments/*"])
     hooks.endpoint("/hooks", name="payments", basic_auth=BASIC, max_body_bytes=4096)
     hooks.endpoint("/hooks/ip", name="internal", ip_allow=["10.0.0.0/8"])
+    hooks.endpoint("/hooks/slow-body", name="slow-body", body_timeout_s=0.3)
 
     @hooks.on("invoice.paid")
     async def paid(event: WebhookEvent) -> None:
@@ -201,6 +202,22 @@ def test_oversized_chunked_body_is_cut_off_while_streaming(live: Live, log_lines
     assert response.json()["reason"] == "too-large"
     assert log_lines.last()["reason"] == "too-large"
     assert len(live.seen.events) == before
+
+
+def test_body_that_trickles_past_the_deadline_is_408(live: Live) -> None:
+    _, headers = live.sender.request()
+
+    def trickle() -> Iterator[bytes]:
+        yield b'{"type": '
+        time.sleep(1.0)  # the client stalls mid-body (slow loris)
+        yield b'"invoice.paid"}'
+
+    with live.client() as client:
+        response = client.post(
+            live.server.url("/hooks/slow-body"), content=trickle(), headers=headers
+        )
+    assert response.status_code == 408
+    assert response.json()["reason"] == "body-timeout"
 
 
 def test_replayed_delivery_is_acknowledged_once(live: Live) -> None:

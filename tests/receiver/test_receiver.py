@@ -441,3 +441,17 @@ async def test_rotation_accepts_old_and_new_keys(sender: Sender) -> None:
     for who in (sender, new):
         body, headers = who.request()
         assert (await client.post("/h", data=body, headers=headers)).status_code == 204
+
+
+async def test_quart_max_content_length_also_gives_a_problem(rig: Rig) -> None:
+    rig.app.config["MAX_CONTENT_LENGTH"] = 100  # below the endpoint's own 4096-byte cap
+    body, headers = rig.sender.request({"type": "invoice.paid", "pad": "x" * 200})
+    client = cast(QuartClient, rig.app.test_client())
+    response = await client.post(
+        "/hooks",
+        data=body,
+        headers={"authorization": basic_header(*BASIC), **headers},
+        scope_base=rig.scope,
+    )
+    assert response.status_code == 413
+    assert (await problem(response))["reason"] == "too-large"
