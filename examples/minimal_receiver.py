@@ -1,4 +1,10 @@
-"""The smallest receiver: verified webhooks over pinned mTLS, one handler."""
+"""The smallest receiver: verified webhooks over pinned mTLS, one handler.
+
+    certs-tool quickstart certs && export WEBHOOK_SECRET=whsec_...
+    mtls-hooks serve examples.minimal_receiver:app \\
+        --cert certs/server.pem --key certs/server-key.pem --client-ca certs/ca.pem \\
+        --pin "$(certs-tool pin certs/client.pem)"
+"""
 
 import os
 

@@ -1,4 +1,9 @@
-"""The smallest sender: one signed webhook over mTLS (certificates from certs-tool quickstart)."""
+"""The smallest sender: one signed webhook over mTLS, to minimal_receiver.py.
+
+Run it beside the certs/ directory that ``certs-tool quickstart certs`` wrote::
+
+    WEBHOOK_SECRET=whsec_... python examples/minimal_sender.py
+"""
 
 import os
 

@@ -1,7 +1,7 @@
 """The example receiver: two event handlers, and identity rules per route.
 
-The TLS handshake already refused every client that is not pinned (``--pin``); the routes
-below narrow that further, per identity::
+The TLS handshake already refused every client that is not pinned (``--pin``); routes narrow
+that further: /webhooks/billing admits only the billing service, /admin/whoami only ops::
 
     WEBHOOK_SECRET=whsec_... mtls-hooks serve examples.receiver_app:app \\
         --cert server.pem --key server-key.pem --client-ca ca.pem --pin sha256/...
