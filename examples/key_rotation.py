@@ -6,6 +6,15 @@ The receiver pins the sender's key A. The new key B is pinned beside A and the r
 reloads (what SIGHUP or ``systemctl reload`` does to ``mtls-hooks serve``); the sender switches
 to B; A's pin is removed and the receiver reloads again. One sender keeps delivering all
 along, and must never fail; at the end a new connection with key A must be refused.
+
+The same rotation by hand, with the service of examples/service/::
+
+    certs-tool client --ca ca/ billing --uri spiffe://example.org/billing --out billing-b
+    # receiver.toml: pins = ["<A>", "<certs-tool pin billing-b.pem>"]
+    systemctl reload mtls-hooks-receiver
+    # the sender switches to billing-b.pem and billing-b-key.pem, closing its old connections
+    # receiver.toml: pins = ["<B>"]
+    systemctl reload mtls-hooks-receiver
 """
 
 from __future__ import annotations
