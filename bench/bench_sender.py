@@ -117,6 +117,23 @@ class Cases:
         assert all(r.ok for r in results)
         return self.n / elapsed
 
+    def layer_cpu_us(self) -> float:
+        """CPU of our layer alone per delivery (serialise, id, sign, classify, record): no I/O.
+
+        The figure that does not move with the machine's load: compare it with a raw
+        aiohttp request's CPU to see what the layer costs.
+        """
+        with WebhookSender(**self._sender_kwargs()) as sender:
+            rounds = 20_000
+            started = time.process_time()
+            for _ in range(rounds):
+                delivery = sender._start(self.url, self.body, None, None)
+                sender._sign(delivery)
+                sender._timeout_s(delivery)
+                sender._answer(delivery, 200, {}, b"", 0.0)
+                sender._result(delivery)
+            return (time.process_time() - started) / rounds * 1e6
+
     async def _fan_out(
         self, concurrency: int, post: Callable[[dict[str, str]], Awaitable[None]], n: int
     ) -> float:
@@ -175,8 +192,12 @@ class Sample:
     cpu_us: float  # this process's CPU per delivery, setup included
 
 
-def measure(deliveries: int = 2000, rounds: int = 3) -> dict[str, list[Sample]]:
-    """Run every case ``rounds`` times, interleaved; return every sample by case."""
+def measure(deliveries: int = 2000, rounds: int = 3) -> tuple[dict[str, list[Sample]], float]:
+    """Run every case ``rounds`` times, interleaved.
+
+    Returns:
+        Every sample by case, and the CPU of our layer alone per delivery (µs).
+    """
     samples: dict[str, list[Sample]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-sender-") as tmp:
         pki = make_pki(Path(tmp))
@@ -202,7 +223,8 @@ def measure(deliveries: int = 2000, rounds: int = 3) -> dict[str, list[Sample]]:
                     rate = case()
                     cpu_us = (time.process_time() - cpu_started) / count * 1e6
                     samples.setdefault(name, []).append(Sample(rate, cpu_us))
-    return samples
+            layer_us = cases.layer_cpu_us()
+    return samples, layer_us
 
 
 def _run(case: Callable[[int], Coroutine[Any, Any, float]], concurrency: int) -> float:
@@ -220,7 +242,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     pinned = (os.cpu_count() or 1) > 1 and _pin_to_core(1)
-    samples = measure(args.deliveries, args.rounds)
+    samples, layer_us = measure(args.deliveries, args.rounds)
     where = "nginx core 0 / client core 1" if pinned else "unpinned"
     rows: list[dict[str, object]] = [
         {
@@ -239,6 +261,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
         ("async@32 / aiohttp@32", "async@32", "aiohttp@32", 0.8),
         ("async@64 / async@8", "async@64", "async@8", 1.0),
     ]
+    rows.append(
+        {
+            "bench": "sender",
+            "case": "our layer, no I/O",
+            "value": round(layer_us, 1),
+            "unit": "us CPU/delivery",
+            "note": "serialise, id, sign (HMAC), classify, record; compare with aiohttp@N CPU",
+        }
+    )
     for name, top, bottom, target in ratios:
         ratio = statistics.median(
             t.rate / b.rate for t, b in zip(samples[top], samples[bottom], strict=True)
