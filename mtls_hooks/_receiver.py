@@ -49,7 +49,7 @@ from mtls_hooks._replay import (
 if TYPE_CHECKING:
     from quart import Quart
 
-__all__ = ["EXTENSION_KEY", "Endpoint", "WebhookReceiver"]
+__all__ = ["EXTENSION_KEY", "WebhookEndpoint", "WebhookReceiver"]
 
 EXTENSION_KEY: Final = "mtls_hooks"
 
@@ -87,7 +87,7 @@ class _AppState:
     endpoints: dict[str, EndpointSettings] = field(default_factory=dict)
 
 
-class Endpoint:
+class WebhookEndpoint:
     """A declared webhook endpoint: a path with its own keys, identities and limits.
 
     Returned by :meth:`WebhookReceiver.endpoint`; register handlers that apply only here with
@@ -121,7 +121,7 @@ class Endpoint:
         return self._receiver._register(self.name, None, handler)
 
     def __repr__(self) -> str:
-        return f"Endpoint(name={self.name!r}, path={self.path!r})"
+        return f"WebhookEndpoint(name={self.name!r}, path={self.path!r})"
 
 
 class WebhookReceiver:
@@ -164,7 +164,7 @@ class WebhookReceiver:
         check_option_names(options, "WebhookReceiver()")
         self._options: dict[str, Any] = dict(options)
         self._store = store
-        self._endpoints: dict[str, Endpoint] = {}
+        self._endpoints: dict[str, WebhookEndpoint] = {}
         self._handlers: dict[tuple[str | None, str | None], Callable[..., Awaitable[Any]]] = {}
         self._states: weakref.WeakKeyDictionary[Quart, _AppState] = weakref.WeakKeyDictionary()
         if path is not None:
@@ -185,18 +185,26 @@ class WebhookReceiver:
         if existing is not None and existing is not self:
             raise ConfigurationError("this app already has a WebhookReceiver")
         endpoint_config, receiver_config, extra = _read_config(app.config)
+        for name, entry in endpoint_config.items():
+            if name not in self._endpoints:
+                if "path" not in entry:
+                    raise ConfigurationError(f"MTLS_HOOKS_ENDPOINTS[{name!r}] needs a 'path'")
+                self._endpoints[name] = WebhookEndpoint(self, name, entry["path"], {})
+        for endpoint_name, _ in self._handlers:
+            self._check_endpoint_name(endpoint_name)
+        # Everything that can fail is validated before the store opens or a route is added,
+        # so a refused configuration leaves neither an open database nor half an app behind.
+        compiled = [
+            self._compile(endpoint_config, receiver_config, endpoint)
+            for endpoint in self._endpoints.values()
+        ]
         state = self._make_state(extra)
         state.config_endpoints = endpoint_config
         state.receiver_config = receiver_config
         self._states[app] = state
         app.extensions[EXTENSION_KEY] = self
-        for name, entry in endpoint_config.items():
-            if name not in self._endpoints:
-                if "path" not in entry:
-                    raise ConfigurationError(f"MTLS_HOOKS_ENDPOINTS[{name!r}] needs a 'path'")
-                self._endpoints[name] = Endpoint(self, name, entry["path"], {})
-        for endpoint in self._endpoints.values():
-            self._install(app, state, endpoint)
+        for settings in compiled:
+            self._route(app, state, settings)
         if state.owns_store:
             app.after_serving(state.store.aclose)
 
@@ -218,7 +226,7 @@ class WebhookReceiver:
 
     def endpoint(
         self, path: str, *, name: str | None = None, **options: Unpack[EndpointOptions]
-    ) -> Endpoint:
+    ) -> WebhookEndpoint:
         """Declare a webhook endpoint at ``path`` with its own options.
 
         Args:
@@ -237,26 +245,36 @@ class WebhookReceiver:
         for other in self._endpoints.values():
             if name == other.name or path == other.path:
                 raise ConfigurationError(f"endpoint {name!r} at {path!r} is declared twice")
-        endpoint = Endpoint(self, name, path, options)
+        endpoint = WebhookEndpoint(self, name, path, options)
+        compiled = [
+            (app, state, self._compile(state.config_endpoints, state.receiver_config, endpoint))
+            for app, state in self._states.items()
+        ]
         self._endpoints[name] = endpoint
-        for app, state in self._states.items():
-            self._install(app, state, endpoint)
+        for app, state, settings in compiled:
+            self._route(app, state, settings)
         return endpoint
 
-    def _install(self, app: Quart, state: _AppState, endpoint: Endpoint) -> None:
+    def _compile(
+        self,
+        endpoint_config: Mapping[str, Mapping[str, Any]],
+        receiver_config: Mapping[str, Any],
+        endpoint: WebhookEndpoint,
+    ) -> EndpointSettings:
+        entry = {k: v for k, v in endpoint_config.get(endpoint.name, {}).items() if k != "path"}
         layers = [
-            ("MTLS_HOOKS_*", state.receiver_config),
+            ("MTLS_HOOKS_*", receiver_config),
             ("WebhookReceiver()", self._options),
+            (f"MTLS_HOOKS_ENDPOINTS[{endpoint.name!r}]", entry),
+            (f"endpoint {endpoint.name!r}", endpoint._options),
         ]
-        entry = dict(state.config_endpoints.get(endpoint.name, {}))
-        entry.pop("path", None)
-        layers.append((f"MTLS_HOOKS_ENDPOINTS[{endpoint.name!r}]", entry))
-        layers.append((f"endpoint {endpoint.name!r}", endpoint._options))
-        settings = compile_endpoint(endpoint.name, endpoint.path, merge_options(layers))
-        state.endpoints[endpoint.name] = settings
+        return compile_endpoint(endpoint.name, endpoint.path, merge_options(layers))
+
+    def _route(self, app: Quart, state: _AppState, settings: EndpointSettings) -> None:
+        state.endpoints[settings.name] = settings
         app.add_url_rule(
-            endpoint.path,
-            f"{EXTENSION_KEY}.{endpoint.name}",
+            settings.path,
+            f"{EXTENSION_KEY}.{settings.name}",
             WebhookView(settings, state.store, self._handlers).handle,
             methods=_METHODS,
             provide_automatic_options=False,
@@ -306,7 +324,16 @@ class WebhookReceiver:
 
     fallback = on_any
 
+    def _check_endpoint_name(self, name: str | None) -> None:
+        if name is not None and name not in self._endpoints:
+            raise ConfigurationError(
+                f"handlers registered for unknown endpoint {name!r}"
+                f"{closest_hint(name, self._endpoints)}"
+            )
+
     def _register(self, endpoint: str | None, event_type: str | None, handler: F) -> F:
+        if self._states:  # after init_app every endpoint is known: catch a typo right here
+            self._check_endpoint_name(endpoint)
         key = (endpoint, event_type)
         if key in self._handlers:
             what = "fallback" if event_type is None else f"handler for {event_type!r}"

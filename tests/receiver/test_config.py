@@ -179,3 +179,14 @@ def test_endpoint_declared_after_init_app_is_served(sender: Sender) -> None:
     hooks = WebhookReceiver(app)
     hooks.endpoint("/late", name="late")
     assert any(rule.rule == "/late" for rule in app.url_map.iter_rules())
+
+
+def test_handlers_for_an_unknown_endpoint_are_refused(sender: Sender) -> None:
+    hooks = WebhookReceiver()
+    hooks.endpoint("/billing", name="billing")
+    hooks.on("a", endpoint="biling")(lambda event: None)
+    with pytest.raises(ConfigurationError, match=r"'biling'.*'billing'"):
+        hooks.init_app(make_app(MTLS_HOOKS_KEYS=[sender.key]))
+    initialised = WebhookReceiver(make_app(MTLS_HOOKS_KEYS=[sender.key]), path="/x", name="x")
+    with pytest.raises(ConfigurationError, match="unknown endpoint"):
+        initialised.on("a", endpoint="y")(lambda event: None)
