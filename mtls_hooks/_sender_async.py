@@ -1,9 +1,10 @@
 """The asynchronous twin: :class:`AsyncWebhookSender`, over one aiohttp ``ClientSession``.
 
-aiohttp rather than ``httpx.AsyncClient``: with 32-64 requests in flight httpx's pool spends
-its time rescanning connections (encode/httpx#3215; fixes in encode/httpcore#924, #928 and
-#1035 are unreleased) and delivers a fraction of aiohttp's rate; ``bench/bench_sender.py``
-measures both. HTTP/2 needs httpx (aiohttp speaks only HTTP/1.1), so ``http2=True`` uses it.
+aiohttp rather than ``httpx.AsyncClient``: with 32-64 requests in flight httpcore 1.0.9's pool
+rescans and polls every connection per request and delivers a fraction of aiohttp's rate
+(encode/httpx#3215, open; the proposed fixes encode/httpcore#924 and #929 were closed unmerged,
+#928 and #1035 are open). ``bench/bench_sender.py`` measures both on every run. HTTP/2 needs
+httpx (aiohttp speaks only HTTP/1.1), so ``http2=True`` uses it.
 """
 
 from __future__ import annotations
