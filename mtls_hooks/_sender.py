@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import tenacity
+from tenacity.stop import stop_base
 
 from mtls_hooks._errors import (
     ConfigurationError,
@@ -59,6 +60,22 @@ class WebhookMessage(NamedTuple):
     webhook_id: str | None = None
 
 
+class _RecordingStop(stop_base):
+    """Remembers whether the stop ended the retries, rather than the retry predicate.
+
+    tenacity asks the stop only about failures the predicate wants retried, so a failure
+    after a fired stop is "retries exhausted", and any other one was never meant to retry.
+    """
+
+    def __init__(self, inner: stop_base) -> None:
+        self.inner = inner
+        self.fired = False
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        self.fired = bool(self.inner(retry_state))
+        return self.fired
+
+
 @dataclass(slots=True)
 class _Delivery:
     url: str
@@ -66,6 +83,7 @@ class _Delivery:
     webhook_id: str
     deadline_at: float | None  # a reading of the sender's monotonic clock
     deadline_stop: stop_before_deadline | None = None  # made only when a retry is needed
+    stop: _RecordingStop | None = None
     attempts: list[Attempt] = field(default_factory=list)
 
 
@@ -236,8 +254,9 @@ class _SenderBase:
         if delivery.deadline_at is not None:
             delivery.deadline_stop = stop_before_deadline(delivery.deadline_at, self._monotonic)
             stop = stop | delivery.deadline_stop
+        delivery.stop = _RecordingStop(stop)
         return {
-            "stop": stop,
+            "stop": delivery.stop,
             "wait": self.retry.wait,
             "retry": self.retry.retry,
             "before_sleep": lambda state: self._record_wait(delivery, state),
@@ -301,7 +320,7 @@ class _SenderBase:
     def _final_error(self, delivery: _Delivery, failure: AttemptFailed) -> DeliveryError:
         """Turn the last failed try into one of our errors, with the full result attached."""
         error: DeliveryError
-        if failure.retryable:
+        if delivery.stop is not None and delivery.stop.fired:
             tries = len(delivery.attempts)
             why = (
                 f"deadline of {self.retry.deadline_s:g} s"

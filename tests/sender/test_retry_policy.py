@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from mtls_hooks._errors import ConfigurationError, StatusError
+from mtls_hooks._errors import ConfigurationError, RetriesExhaustedError, StatusError
 from mtls_hooks._retry import (
     AttemptFailed,
     RetryPolicy,
@@ -151,3 +151,19 @@ def test_a_replaced_predicate_decides(
     server.script.append(Status(409))
     with pytest.raises(StatusError):
         deliver("sync", kwargs | {"retry": exact_policy()}, server.url(), b"{}")
+
+
+def test_a_predicate_that_declines_reports_the_status_not_exhaustion(
+    pki: SenderPki, fake_time: FakeTime, serve: Callable[..., ScriptedServer]
+) -> None:
+    def never(exc: BaseException) -> bool:
+        return False
+
+    server = serve([Status(503)])
+    kwargs = {"signing_keys": SECRET, **pki.client(), **fake_time.kwargs(),
+              "retry": exact_policy(retry=retry_if_exception(never))}  # fmt: skip
+    with pytest.raises(StatusError, match="receiver answered 503") as caught:
+        deliver("sync", kwargs, server.url(), b"{}")
+    assert not isinstance(caught.value, RetriesExhaustedError)
+    assert caught.value.status_code == 503
+    assert fake_time.sleeps == []
