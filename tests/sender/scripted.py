@@ -139,9 +139,16 @@ class ScriptedServer:
         conn.sendall(head.encode("latin-1") + b"\r\n" + action.body)
         return True
 
+    def start(self) -> None:
+        self._acceptor = threading.Thread(target=self.serve, daemon=True)
+        self._acceptor.start()
+
     def stop(self) -> None:
+        """Stop accepting, then wait for every connection thread (idempotent)."""
         self._stop.set()
         self._listener.close()
+        # The acceptor first: once it is gone no connection thread can still be starting.
+        self._acceptor.join(timeout=5)
         for thread in self._threads:
             thread.join(timeout=5)
 
@@ -150,10 +157,8 @@ class ScriptedServer:
 def scripted_server(context: ssl.SSLContext, script: list[Action]) -> Iterator[ScriptedServer]:
     """Run a :class:`ScriptedServer` in a thread for the ``with`` block."""
     server = ScriptedServer(context, script)
-    thread = threading.Thread(target=server.serve, daemon=True)
-    thread.start()
+    server.start()
     try:
         yield server
     finally:
         server.stop()
-        thread.join(timeout=5)
