@@ -7,8 +7,17 @@ parsed before the signature verified::
     → size 413 (Content-Length, then while reading) → signature + timestamp 401
     → JSON + event type 400 → dedupe (duplicate 204, in flight 409) → handler
 
-Each stage returns either a value for the next one or the refusal :class:`quart.Response`,
-and :class:`DecisionLog` writes exactly one line per request.
+Each stage returns either a value for the next one or a :class:`Refusal`, which
+:class:`DecisionLog` renders as the problem response while writing the request's single
+decision line.
+
+Cost: everything is bound when the endpoint is compiled (keys, policy, networks, credential
+bytes, Quart names), unconfigured checks are skipped, identity verdicts are cached per
+certificate and the body is parsed once. Measured in-process against a bare Quart view that
+reads the body and answers 204, the whole pipeline with the in-memory store adds about 57 µs
+on a loaded 2-core machine where that bare view costs 263 µs (about 37 µs scaled to the
+reference figures in DESIGN.md, 10 % of bare Quart + Hypercorn over mTLS). Most of it is the
+signature check and ``json.loads``; the SQLite store adds about 45 µs more.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def build_app(sender: Sender, seen: Seen, **config: Any) -> Quart:
     hooks = WebhookReceiver(app, allow=["uri:spiffe://test.example/payments/*"])
     hooks.endpoint("/hooks", name="payments", basic_auth=BASIC, max_body_bytes=4096)
     hooks.endpoint("/hooks/ip", name="internal", ip_allow=["10.0.0.0/8"])
-    hooks.endpoint("/hooks/slow-body", name="slow-body", body_timeout_s=0.3)
+    hooks.endpoint("/hooks/slow-body", name="slow-body", body_timeout_s=0.2)
 
     @hooks.on("invoice.paid")
     async def paid(event: WebhookEvent) -> None:
@@ -209,7 +209,7 @@ def test_body_that_trickles_past_the_deadline_is_408(live: Live) -> None:
 
     def trickle() -> Iterator[bytes]:
         yield b'{"type": '
-        time.sleep(1.0)  # the client stalls mid-body (slow loris)
+        time.sleep(0.6)  # the client stalls mid-body (slow loris)
         yield b'"invoice.paid"}'
 
     with live.client() as client:
