@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from bench._asgi_cost import asgi_us_per_request
 from bench._servers import (
     SIGNING_SECRET,
     AppFactory,
@@ -114,6 +115,8 @@ class Settings:
     max_latency_requests: int = 5_000
     warmup_requests: int = 5
     store_ids: int = 20_000
+    asgi_requests: int = 2_000
+    asgi_repeats: int = 3
 
     @classmethod
     def quick(cls) -> Settings:
@@ -122,7 +125,7 @@ class Settings:
             rounds=1, duration_s=0.5, max_requests=300, max_signed_requests=300, processes=1,
             connections=2, handshake_duration_s=0.5, handshake_connections=1,
             max_handshakes=20, latency_duration_s=0.5, max_latency_requests=50,
-            warmup_requests=2, store_ids=200,
+            warmup_requests=2, store_ids=200, asgi_requests=50, asgi_repeats=1,
         )  # fmt: skip
 
 
@@ -218,6 +221,31 @@ def _spec(
 Samples = dict[tuple[str, Measure], list[LoadResult]]
 
 
+@dataclass
+class Measurements:
+    """Everything one run measured.
+
+    Attributes:
+        samples: load results per (scenario, measure), one per round.
+        store_rates: dedupe store ids/s per round, by store kind.
+        asgi_us: in-process microseconds per request, by app (see :mod:`bench._asgi_cost`).
+        cores: where the servers and the generator ran.
+    """
+
+    samples: Samples
+    store_rates: dict[str, list[float]]
+    asgi_us: dict[str, float]
+    cores: Cores
+
+
+# The apps timed in-process: (name, factory, signed).
+_ASGI_APPS: tuple[tuple[str, AppFactory, bool], ...] = (
+    ("bare Quart", bare_app, False),
+    ("Quart+verify", receiver_app_memory, True),
+    ("Quart+verify[sqlite]", receiver_app_sqlite, True),
+)
+
+
 def _measures(scenario: Scenario) -> list[Measure]:
     kinds = [SATURATE]
     if scenario.handshake:
@@ -231,7 +259,7 @@ def measure(
     settings: Settings,
     scenarios: tuple[Scenario, ...] = SCENARIOS,
     progress: Callable[[str], None] | None = None,
-) -> tuple[Samples, list[float], Cores]:
+) -> Measurements:
     """Run every scenario ``settings.rounds`` times, interleaved.
 
     Every server starts once and stays up (idle ones cost no CPU); each round then runs one
@@ -239,14 +267,12 @@ def measure(
     rotating from round to round. Figures that are compared are thus taken seconds apart,
     which matters on a machine that other work shares.
 
-    Returns:
-        The load results per (scenario, measure), the SQLite and memory store rates
-        (ids/s, per round, as pairs flattened: sqlite, memory, sqlite, memory...), and the
-        core split used.
+    Then the dedupe stores and the in-process ASGI costs are timed (see
+    :mod:`bench._asgi_cost`).
     """
     cores = Cores.split()
     samples: Samples = {}
-    stores: list[float] = []
+    stores: dict[str, list[float]] = {"sqlite": [], "memory": []}
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp, contextlib.ExitStack() as up:
         workdir = Path(tmp)
         pki = make_pki(workdir)
@@ -269,10 +295,21 @@ def measure(
                         progress(
                             f"round {round_index + 1} {scenario.name} {kind}: {_brief(result)}"
                         )
-            stores.extend(
-                _store_rates(workdir / f"store-{round_index}.sqlite3", settings.store_ids)
+            rates = _store_rates(workdir / f"store-{round_index}.sqlite3", settings.store_ids)
+            for store, rate in rates.items():
+                stores[store].append(rate)
+        up.close()  # the servers are done: the in-process timing gets the machine to itself
+        asgi = {
+            name: asgi_us_per_request(
+                factory,
+                pki,
+                signed=signed,
+                requests=settings.asgi_requests,
+                repeats=settings.asgi_repeats,
             )
-    return samples, stores, cores
+            for name, factory, signed in _ASGI_APPS
+        }
+    return Measurements(samples, stores, asgi, cores)
 
 
 def _brief(result: LoadResult) -> str:
@@ -283,7 +320,7 @@ def _brief(result: LoadResult) -> str:
     )
 
 
-def _store_rates(path: Path, ids: int) -> list[float]:
+def _store_rates(path: Path, ids: int) -> dict[str, float]:
     """claim + complete of ``ids`` unique ids, in the event loop: SQLite, then memory."""
     from mtls_hooks._replay import DedupeStore, MemoryDedupeStore, SQLiteDedupeStore
 
@@ -298,7 +335,10 @@ def _store_rates(path: Path, ids: int) -> list[float]:
         finally:
             await store.aclose()
 
-    return [asyncio.run(rate(SQLiteDedupeStore(path))), asyncio.run(rate(MemoryDedupeStore()))]
+    return {
+        "sqlite": asyncio.run(rate(SQLiteDedupeStore(path))),
+        "memory": asyncio.run(rate(MemoryDedupeStore())),
+    }
 
 
 # --------------------------------------------------------------------------- reporting
@@ -454,14 +494,49 @@ def _load_row(name: str, kind: Measure, results: list[LoadResult]) -> Row:
     return {"bench": "serving", "case": case, "value": value, "unit": unit, "note": note}
 
 
-def rows_of(samples: Samples, stores: list[float], cores: Cores, settings: Settings) -> list[Row]:
+def _asgi_rows(asgi: dict[str, float], samples: Samples) -> list[Row]:
+    bare = asgi["bare Quart"]
+    rows: list[Row] = [
+        {
+            "bench": "serving",
+            "case": f"{name}, in-process ASGI",
+            "value": round(us),
+            "unit": "us/req",
+            "note": "app only, no server or TLS; best of repeats"
+            + ("" if name == "bare Quart" else f"; +{us - bare:.0f} us over bare Quart"),
+        }
+        for name, us in asgi.items()
+    ]
+    # The verification's own cost against a whole bare request as served (server CPU/req):
+    # steady, because both figures are CPU per request rather than rates.
+    served = _median(
+        [r.server_us_per_request or 0.0 for r in samples.get(("baseline", SATURATE), [])]
+    )
+    added = asgi["Quart+verify"] - bare
+    share = added / served if served > 0 else float("nan")
+    if not math.isnan(share):
+        rows.append(
+            {
+                "bench": "serving",
+                "case": "verification CPU / baseline server CPU per req",
+                "value": round(share, 3),
+                "unit": "ratio",
+                "target": "<= 0.15",
+                "ok": share <= 0.15,
+                "note": f"{added:.0f} us added in-process / {served:.0f} us CPU per served request",
+            }
+        )
+    return rows
+
+
+def rows_of(measured: Measurements, settings: Settings) -> list[Row]:
     """Turn medians into table rows (``bench``, ``case``, ``value``, ``unit``, ``note``...)."""
+    samples, cores = measured.samples, measured.cores
     order = {scenario.name: index for index, scenario in enumerate(SCENARIOS)}
     kinds = (SATURATE, HANDSHAKES, LATENCY)
     keys = sorted(samples, key=lambda key: (kinds.index(key[1]), order.get(key[0], len(order))))
     rows = [_load_row(name, kind, samples[name, kind]) for name, kind in keys]
-    sqlite_rates, memory_rates = stores[0::2], stores[1::2]
-    for store, rates in (("sqlite", sqlite_rates), ("memory", memory_rates)):
+    for store, rates in measured.store_rates.items():
         rows.append(
             {
                 "bench": "serving",
@@ -471,6 +546,7 @@ def rows_of(samples: Samples, stores: list[float], cores: Cores, settings: Setti
                 "note": f"{settings.store_ids} unique ids, in-process",
             }
         )
+    rows.extend(_asgi_rows(measured.asgi_us, samples))
     rows.extend(_ratio_rows(samples))
     rows.extend(_generator_rows(samples))
     placement = (
@@ -516,8 +592,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     if args.duration is not None:
         settings = dataclasses.replace(settings, duration_s=args.duration)
     progress = (lambda line: print(line, flush=True)) if args.verbose else None
-    samples, stores, cores = measure(settings, scenarios, progress=progress)
-    rows = rows_of(samples, stores, cores, settings)
+    rows = rows_of(measure(settings, scenarios, progress=progress), settings)
     print_rows(rows)
     return rows
 

@@ -59,6 +59,8 @@ def test_run_all_quick_prints_one_table() -> None:
         "ours+verify keep-alive",
         "ours+verify[sqlite] keep-alive",
         "dedupe store sqlite",
+        "Quart+verify, in-process ASGI",
+        "verification CPU / baseline server CPU per req",
         "ours / baseline, keep-alive req/s",
         "ours+verify / ours, req/s",
         "generator CPU",
