@@ -31,13 +31,15 @@ from quart import Quart
 from tenacity import stop_after_attempt
 
 from certs_tool import CA, IssuedCert
-from mtls_hooks._config import ServerConfig
-from mtls_hooks._errors import DeliveryError
-from mtls_hooks._events import WebhookEvent
-from mtls_hooks._keys_signing import HmacSecret
-from mtls_hooks._receiver import WebhookReceiver
-from mtls_hooks._retry import RetryPolicy
-from mtls_hooks._sender_sync import WebhookSender
+from mtls_hooks import (
+    DeliveryError,
+    HmacSecret,
+    RetryPolicy,
+    ServerConfig,
+    WebhookEvent,
+    WebhookReceiver,
+    WebhookSender,
+)
 from mtls_hooks.testing import ServerHandle, running_server
 
 SECRET = HmacSecret.generate().export()

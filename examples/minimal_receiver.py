@@ -10,8 +10,7 @@ import os
 
 from quart import Quart
 
-from mtls_hooks._events import WebhookEvent
-from mtls_hooks._receiver import WebhookReceiver
+from mtls_hooks import WebhookEvent, WebhookReceiver
 
 app = Quart(__name__)
 hooks = WebhookReceiver(app, path="/webhooks", keys=[os.environ["WEBHOOK_SECRET"]])

@@ -7,7 +7,7 @@ Run it beside the certs/ directory that ``certs-tool quickstart certs`` wrote::
 
 import os
 
-from mtls_hooks._sender_sync import WebhookSender
+from mtls_hooks import WebhookSender
 
 url = os.environ.get("WEBHOOK_URL", "https://localhost:8443/webhooks")
 with WebhookSender(

@@ -11,9 +11,7 @@ import os
 
 from quart import Quart
 
-from mtls_hooks._authz import current_peer, require_peer
-from mtls_hooks._events import WebhookEvent
-from mtls_hooks._receiver import WebhookReceiver
+from mtls_hooks import WebhookEvent, WebhookReceiver, current_peer, require_peer
 
 app = Quart(__name__)
 # Several workers must share one dedupe store to see each other's webhook-ids: SQLite.

@@ -14,9 +14,7 @@ import asyncio
 import os
 import time
 
-from mtls_hooks._retry import RetryPolicy
-from mtls_hooks._sender import WebhookMessage
-from mtls_hooks._sender_async import AsyncWebhookSender
+from mtls_hooks import AsyncWebhookSender, RetryPolicy, WebhookMessage
 
 
 async def fan_out(args: argparse.Namespace) -> int:

@@ -13,9 +13,7 @@ import os
 
 from tenacity import stop_after_attempt
 
-from mtls_hooks._errors import DeliveryError
-from mtls_hooks._retry import RetryPolicy
-from mtls_hooks._sender_sync import WebhookSender
+from mtls_hooks import DeliveryError, RetryPolicy, WebhookSender
 
 EVENTS = [
     ("customer.created", {"customer": "cus_1", "email": "ada@example.org"}),

@@ -22,10 +22,7 @@ from pathlib import Path
 from tenacity import stop_after_attempt
 
 from certs_tool import CA
-from mtls_hooks._errors import DeliveryError
-from mtls_hooks._keys_signing import HmacSecret
-from mtls_hooks._retry import RetryPolicy
-from mtls_hooks._sender_sync import WebhookSender
+from mtls_hooks import DeliveryError, HmacSecret, RetryPolicy, WebhookSender
 
 TEMPLATE = Path(__file__).with_name("nginx.conf.template")
 ONE_TRY = RetryPolicy(stop=stop_after_attempt(1), attempt_timeout_s=5.0)
@@ -55,7 +52,7 @@ def start_nginx(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     for _ in range(3):  # a port found free may be taken before nginx binds it: try another
         port = free_port()
         conf.write_text(render(TEMPLATE.read_text(), WORKDIR=str(workdir), PORT=str(port)))
-        proc = subprocess.Popen(command, start_new_session=True)  # noqa: S603 (our own argv)
+        proc = subprocess.Popen(command, start_new_session=True)
         deadline = time.monotonic() + 10
         while proc.poll() is None and time.monotonic() < deadline:
             try:
