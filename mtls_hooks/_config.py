@@ -11,7 +11,6 @@ Precedence when layers are merged with :meth:`ServerConfig.load`: CLI > environm
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import ipaddress
 import os
 import tomllib
@@ -22,6 +21,7 @@ from typing import Any
 
 from mtls_hooks._errors import ConfigurationError
 from mtls_hooks._policy import PeerPolicy
+from mtls_hooks._suggest import did_you_mean
 
 __all__ = ["ServerConfig", "parse_bind"]
 
@@ -326,9 +326,7 @@ def _check_keys(mapping: Mapping[str, Any]) -> None:
         if key in _HTTP3_KEYS:
             raise ConfigurationError(_HTTP3_REFUSAL.format(key=key))
         if key not in _PUBLIC_KEYS:
-            close = difflib.get_close_matches(key, _PUBLIC_KEYS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigurationError(f"unknown setting {key!r}{hint}")
+            raise ConfigurationError(f"unknown setting {key!r}{did_you_mean(key, _PUBLIC_KEYS)}")
 
 
 def _coerce(mapping: Mapping[str, Any]) -> dict[str, Any]:
@@ -386,8 +384,7 @@ def env_settings(environ: Mapping[str, str], prefix: str = "MTLS_HOOKS_") -> dic
         if key in _HTTP3_KEYS:
             raise ConfigurationError(_HTTP3_REFUSAL.format(key=name))
         if key not in _PUBLIC_KEYS or key == "config_file":
-            close = difflib.get_close_matches(key, _PUBLIC_KEYS, n=1)
-            hint = f" (did you mean {prefix + close[0].upper()!r}?)" if close else ""
+            hint = did_you_mean(key, _PUBLIC_KEYS, spell=lambda k: prefix + k.upper())
             raise ConfigurationError(f"unknown environment setting {name!r}{hint}")
         settings[key] = value
     return settings

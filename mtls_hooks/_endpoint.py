@@ -12,7 +12,6 @@ bytes), so the request path does no configuration lookups, parsing or regex comp
 from __future__ import annotations
 
 import binascii
-import difflib
 import hmac
 import ipaddress
 import math
@@ -25,12 +24,12 @@ from mtls_hooks._events import EventTypeExtractor, default_event_type
 from mtls_hooks._identity import PeerIdentity
 from mtls_hooks._policy import PeerPolicy
 from mtls_hooks._signing import Verifier, VerifyKey, parse_key
+from mtls_hooks._suggest import did_you_mean
 
 __all__ = [
     "CONFIG_PREFIX",
     "EndpointOptions",
     "EndpointSettings",
-    "closest_hint",
     "compile_endpoint",
     "merge_options",
 ]
@@ -89,12 +88,6 @@ _SEQUENCE_OPTIONS: Final = frozenset({"keys", "pins", "allow", "ip_allow", "cont
 _NUMBER_OPTIONS: Final = frozenset({"tolerance_s", "max_body_bytes", "body_timeout_s"})
 
 
-def closest_hint(name: str, valid: Iterable[str]) -> str:
-    """Return ``" (did you mean 'X'?)"`` for the closest valid name, or ``""``."""
-    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def check_option_names(options: Mapping[str, Any], where: str) -> None:
     """Refuse unknown option names, naming the closest valid one.
 
@@ -103,7 +96,7 @@ def check_option_names(options: Mapping[str, Any], where: str) -> None:
     """
     for name in options:
         if name not in ENDPOINT_DEFAULTS:
-            hint = closest_hint(str(name), OPTION_NAMES)
+            hint = did_you_mean(str(name), OPTION_NAMES, cutoff=0.5)
             raise ConfigurationError(f"unknown endpoint option {name!r} in {where}{hint}")
 
 

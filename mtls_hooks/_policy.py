@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from mtls_hooks._errors import ConfigurationError
 from mtls_hooks._identity import PeerIdentity
+from mtls_hooks._suggest import did_you_mean
 
 __all__ = ["PeerPolicy", "normalize_fingerprint", "normalize_spki_pin"]
 
@@ -108,11 +108,6 @@ def _parse_spiffe_prefix(uri: str) -> _SpiffePrefix:
     return _SpiffePrefix(domain, prefix)
 
 
-def _suggest(kind: str) -> str:
-    close = difflib.get_close_matches(kind, _SAN_KINDS, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 @dataclass(frozen=True, slots=True)
 class PeerPolicy:
     """The set of peers allowed past chain verification.
@@ -176,7 +171,7 @@ class PeerPolicy:
             if not sep or kind not in rules:
                 raise ConfigurationError(
                     f"identity rule {rule!r} must start with one of "
-                    f"{', '.join(k + ':' for k in _SAN_KINDS)}{_suggest(kind)}"
+                    f"{', '.join(k + ':' for k in _SAN_KINDS)}{did_you_mean(kind, _SAN_KINDS)}"
                 )
             if not value:
                 raise ConfigurationError(f"identity rule {rule!r} has an empty value")

@@ -30,7 +30,6 @@ from mtls_hooks._endpoint import (
     EndpointOptions,
     EndpointSettings,
     check_option_names,
-    closest_hint,
     compile_endpoint,
     merge_options,
 )
@@ -45,6 +44,7 @@ from mtls_hooks._replay import (
     MemoryDedupeStore,
     SQLiteDedupeStore,
 )
+from mtls_hooks._suggest import did_you_mean
 
 if TYPE_CHECKING:
     from quart import Quart
@@ -328,7 +328,7 @@ class WebhookReceiver:
         if name is not None and name not in self._endpoints:
             raise ConfigurationError(
                 f"handlers registered for unknown endpoint {name!r}"
-                f"{closest_hint(name, self._endpoints)}"
+                f"{did_you_mean(name, self._endpoints, cutoff=0.5)}"
             )
 
     def _register(self, endpoint: str | None, event_type: str | None, handler: F) -> F:
@@ -369,7 +369,8 @@ def _read_config(
         elif short in _RECEIVER_KEYS:
             extra[short] = value
         elif short not in _SERVER_KEYS:
-            raise ConfigurationError(f"unknown setting {key!r}{closest_hint(key, _KNOWN_KEYS)}")
+            hint = did_you_mean(key, _KNOWN_KEYS, cutoff=0.5)
+            raise ConfigurationError(f"unknown setting {key!r}{hint}")
     for short in ("RETENTION_S", "LEASE_S"):
         extra[short] = _number(extra[short], CONFIG_PREFIX + short)
     extra["DEDUPE_MAX_ENTRIES"] = int(
