@@ -13,9 +13,10 @@ from quart import Quart
 
 from mtls_hooks import WebhookEvent, WebhookReceiver, current_peer, require_peer
 
+# Several workers must share one dedupe store to see each other's webhook-ids: set
+# MTLS_HOOKS_DEDUPE_PATH=/var/lib/.../dedupe.sqlite3 (read from the environment like every
+# MTLS_HOOKS_* receiver setting); without it each worker remembers ids in memory.
 app = Quart(__name__)
-# Several workers must share one dedupe store to see each other's webhook-ids: SQLite.
-app.config["MTLS_HOOKS_DEDUPE_PATH"] = os.environ.get("WEBHOOK_DEDUPE_PATH")
 hooks = WebhookReceiver(app, path="/webhooks", keys=[os.environ["WEBHOOK_SECRET"]])
 # Any pinned client may post to /webhooks; only the billing service to /webhooks/billing.
 hooks.endpoint("/webhooks/billing", name="billing", allow=["uri:spiffe://example.org/billing"])

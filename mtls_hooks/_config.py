@@ -21,9 +21,10 @@ from typing import Any
 
 from mtls_hooks._errors import ConfigurationError
 from mtls_hooks._policy import PeerPolicy
+from mtls_hooks._settings_names import CONFIG_PREFIX, RECEIVER_NAMES, SENDER_NAMES
 from mtls_hooks._suggest import did_you_mean
 
-__all__ = ["ServerConfig", "parse_bind"]
+__all__ = ["SERVER_NAMES", "ServerConfig", "env_settings", "parse_bind"]
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # hypercorn spellings that would turn on QUIC: refused by name, never "unknown".
@@ -319,6 +320,8 @@ _FLOAT_KEYS = frozenset(
     }
 )
 _PUBLIC_KEYS = tuple(f.name for f in dataclasses.fields(ServerConfig) if not f.name.startswith("_"))
+# The server's setting names, for the receiver, which shares the MTLS_HOOKS_ prefix.
+SERVER_NAMES = frozenset(_PUBLIC_KEYS)
 
 
 def _check_keys(mapping: Mapping[str, Any]) -> None:
@@ -370,12 +373,20 @@ def _coerce_one(key: str, value: Any) -> Any:
     return value
 
 
-def env_settings(environ: Mapping[str, str], prefix: str = "MTLS_HOOKS_") -> dict[str, Any]:
+def env_settings(environ: Mapping[str, str], prefix: str = CONFIG_PREFIX) -> dict[str, Any]:
     """Extract the settings spelt ``<prefix><KEY>`` from an environment mapping.
 
+    Under the default prefix the webhook receiver's variables (``MTLS_HOOKS_DEDUPE_PATH``,
+    ``MTLS_HOOKS_KEYS``, ...) and the sender CLI's ``MTLS_HOOKS_SECRET`` share the
+    namespace: they are accepted and left to their readers (the receiver reads its own in
+    the worker). ``PINS`` and ``ALLOW`` are both server and receiver names; in the
+    environment they are the server's.
+
     Raises:
-        ConfigurationError: on an unknown ``<prefix>`` variable, naming the closest one.
+        ConfigurationError: on an unknown ``<prefix>`` variable, naming the closest server
+            or receiver variable.
     """
+    others = RECEIVER_NAMES | SENDER_NAMES if prefix == CONFIG_PREFIX else frozenset()
     settings: dict[str, Any] = {}
     for name, value in environ.items():
         if not name.startswith(prefix):
@@ -383,10 +394,12 @@ def env_settings(environ: Mapping[str, str], prefix: str = "MTLS_HOOKS_") -> dic
         key = name[len(prefix) :].lower()
         if key in _HTTP3_KEYS:
             raise ConfigurationError(_HTTP3_REFUSAL.format(key=name))
-        if key not in _PUBLIC_KEYS or key == "config_file":
-            hint = did_you_mean(key, _PUBLIC_KEYS, spell=lambda k: prefix + k.upper())
+        if key in _PUBLIC_KEYS and key != "config_file":
+            settings[key] = value
+        elif key not in others:
+            valid = (*_PUBLIC_KEYS, *sorted(others))
+            hint = did_you_mean(key, valid, spell=lambda k: prefix + k.upper())
             raise ConfigurationError(f"unknown environment setting {name!r}{hint}")
-        settings[key] = value
     return settings
 
 

@@ -5,6 +5,9 @@ An endpoint's options are merged from five layers, most specific last (the later
     built-in defaults < MTLS_HOOKS_<OPTION> < WebhookReceiver(**options)
                       < MTLS_HOOKS_ENDPOINTS[name][option] < receiver.endpoint(name, **options)
 
+where ``MTLS_HOOKS_<OPTION>`` is the ``app.config`` key, or else the environment variable
+(except ``PINS`` and ``ALLOW``: in the environment those are the server's handshake rules).
+
 Everything a request needs is computed once here (parsed keys, policy, networks, credential
 bytes), so the request path does no configuration lookups, parsing or regex compiles.
 """
@@ -23,6 +26,7 @@ from mtls_hooks._errors import ConfigurationError
 from mtls_hooks._events import EventTypeExtractor, default_event_type
 from mtls_hooks._identity import PeerIdentity
 from mtls_hooks._policy import PeerPolicy
+from mtls_hooks._settings_names import CONFIG_PREFIX
 from mtls_hooks._signing import Verifier, VerifyKey, parse_key
 from mtls_hooks._suggest import did_you_mean
 
@@ -34,7 +38,6 @@ __all__ = [
     "merge_options",
 ]
 
-CONFIG_PREFIX: Final = "MTLS_HOOKS_"
 _MAX_CACHED_VERDICTS: Final = 1024
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -19,11 +19,13 @@ retries, and by then the id is done (204 duplicate) or released (the handler run
 from __future__ import annotations
 
 import inspect
+import os
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar, Unpack
 
+from mtls_hooks._config import SERVER_NAMES, env_settings
 from mtls_hooks._endpoint import (
     CONFIG_PREFIX,
     ENDPOINT_DEFAULTS,
@@ -62,17 +64,15 @@ _RECEIVER_KEYS: Final = {
 }
 _ENDPOINT_KEYS: Final = {name.upper(): name for name in ENDPOINT_DEFAULTS}
 # The serving core's settings may sit in app.config under the same prefix: known, not ours.
-_SERVER_KEYS: Final = frozenset(
-    {
-        "CERTFILE", "KEYFILE", "CLIENT_CA", "KEY_PASSWORD_ENV", "KEY_PASSWORD_FILE", "CRL",
-        "ALLOW_ANY_CLIENT", "BIND", "WORKERS", "HANDSHAKE_TIMEOUT_S", "KEEP_ALIVE_TIMEOUT_S",
-        "READ_TIMEOUT_S", "KEEP_ALIVE_MAX_REQUESTS", "MAX_HEADER_BYTES", "GRACEFUL_TIMEOUT_S",
-        "WATCH_FILES", "WATCH_INTERVAL_S", "LOG_LEVEL", "CONFIG_FILE",
-    }
-)  # fmt: skip
+_SERVER_KEYS: Final = frozenset(name.upper() for name in SERVER_NAMES)
 _KNOWN_KEYS: Final = tuple(
-    CONFIG_PREFIX + key for key in (*_RECEIVER_KEYS, *_ENDPOINT_KEYS, *sorted(_SERVER_KEYS))
+    CONFIG_PREFIX + key
+    for key in dict.fromkeys((*_RECEIVER_KEYS, *_ENDPOINT_KEYS, *sorted(_SERVER_KEYS)))
 )
+# Read from os.environ beneath app.config. PINS and ALLOW are not: in the environment they
+# are the server's handshake rules, and as endpoint defaults they would add to (not narrow)
+# an endpoint's own allow list, since a policy admits a peer matching any one rule.
+_ENVIRONMENT_KEYS: Final = frozenset((*_RECEIVER_KEYS, *_ENDPOINT_KEYS)) - _SERVER_KEYS
 _METHODS: Final = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 F = TypeVar("F", bound=Handler)
@@ -177,14 +177,21 @@ class WebhookReceiver:
     def init_app(self, app: Quart) -> None:
         """Read ``app.config``, compile every endpoint and register its route on ``app``.
 
+        ``MTLS_HOOKS_*`` environment variables are defaults beneath ``app.config`` (strings,
+        coerced as ``app.config`` strings are), so ``mtls-hooks serve`` and the app share one
+        environment; ``MTLS_HOOKS_PINS`` and ``MTLS_HOOKS_ALLOW`` there are the server's.
+
         Raises:
-            ConfigurationError: an unknown ``MTLS_HOOKS_*`` key (naming the closest valid
-                one), invalid option values, or another receiver already on ``app``.
+            ConfigurationError: an unknown ``MTLS_HOOKS_*`` key or environment variable
+                (naming the closest valid one), invalid option values, or another receiver
+                already on ``app``.
         """
         existing = app.extensions.get(EXTENSION_KEY)
         if existing is not None and existing is not self:
             raise ConfigurationError("this app already has a WebhookReceiver")
-        endpoint_config, receiver_config, extra = _read_config(app.config)
+        endpoint_config, receiver_config, extra = _read_config(
+            {**_environment(os.environ), **app.config}
+        )
         for name, entry in endpoint_config.items():
             if name not in self._endpoints:
                 if "path" not in entry:
@@ -387,6 +394,21 @@ def _read_config(
         check_option_names(options, f"MTLS_HOOKS_ENDPOINTS[{name!r}]")
         entries[str(name)] = dict(entry)
     return entries, defaults, extra
+
+
+def _environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """Return the receiver's ``MTLS_HOOKS_*`` variables of ``environ``.
+
+    Raises:
+        ConfigurationError: a ``MTLS_HOOKS_*`` variable neither the server nor the receiver
+            knows, naming the closest of both (the check :mod:`mtls_hooks._config` does).
+    """
+    env_settings(environ, CONFIG_PREFIX)
+    return {
+        name: value
+        for name, value in environ.items()
+        if name.startswith(CONFIG_PREFIX) and name[len(CONFIG_PREFIX) :] in _ENVIRONMENT_KEYS
+    }
 
 
 def _number(value: Any, key: str) -> float:

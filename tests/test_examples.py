@@ -97,7 +97,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @pytest.fixture
 def secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
-    monkeypatch.delenv("WEBHOOK_DEDUPE_PATH", raising=False)
+    monkeypatch.delenv("MTLS_HOOKS_DEDUPE_PATH", raising=False)
 
 
 def _identity(cert: IssuedCert) -> PeerIdentity:
@@ -335,10 +335,12 @@ def test_service_toml_and_unit_serve_the_receiver_app(
     assert config.pins == (pki.billing.spki_pin, backup_pin)
     assert config.workers == 2
 
+    assert environment["MTLS_HOOKS_DEDUPE_PATH"] == str(state / "mtls-hooks" / "dedupe.sqlite3")
     monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
     for name, value in environment.items():
-        if name.startswith("WEBHOOK_"):
-            monkeypatch.setenv(name, value)  # the SQLite store both workers share
+        # As under systemd, the workers see the unit's environment: the receiver reads
+        # MTLS_HOOKS_DEDUPE_PATH (the SQLite store both workers share) and ignores the rest.
+        monkeypatch.setenv(name, value)
     with running_server_process("examples.receiver_app:app", config) as server:
         url = f"https://localhost:{server.port}/webhooks/billing"
         assert len(server.worker_pids) == 2

@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 from quart import Quart
 
+from mtls_hooks._endpoint import EndpointOptions
 from mtls_hooks._errors import ConfigurationError
-from mtls_hooks._receiver import EXTENSION_KEY, WebhookReceiver
+from mtls_hooks._receiver import _RECEIVER_KEYS, EXTENSION_KEY, WebhookReceiver
 from mtls_hooks._replay import MemoryDedupeStore, SQLiteDedupeStore
+from mtls_hooks._settings_names import ENDPOINT_OPTION_NAMES, STORE_NAMES
 from tests.receiver.conftest import Sender
 
 
@@ -172,6 +174,67 @@ def test_dedupe_path_selects_sqlite(sender: Sender, tmp_path: Path) -> None:
     store = hooks.store(app)
     assert isinstance(store, SQLiteDedupeStore)
     store.close()
+
+
+def test_environment_settings_are_defaults_beneath_app_config(
+    sender: Sender, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MTLS_HOOKS_KEYS", sender.key)
+    monkeypatch.setenv("MTLS_HOOKS_DEDUPE_PATH", str(tmp_path / "env.db"))
+    monkeypatch.setenv("MTLS_HOOKS_TOLERANCE_S", "60")
+    monkeypatch.setenv("MTLS_HOOKS_MAX_BODY_BYTES", "2048")
+    app = make_app(MTLS_HOOKS_MAX_BODY_BYTES=4096)  # app.config wins over the environment
+    hooks = WebhookReceiver(app, path="/hooks", tolerance_s=30)  # and code over both
+    settings = hooks.settings(app, "default")
+    assert settings.verifier.tolerance_s == 30
+    assert settings.max_body_bytes == 4096
+    store = hooks.store(app)
+    assert isinstance(store, SQLiteDedupeStore)
+    store.close()
+    assert (tmp_path / "env.db").exists()
+    bare_app = make_app()  # keys and everything else from the environment alone
+    bare = WebhookReceiver(bare_app, path="/hooks")
+    assert bare.settings(bare_app, "default").verifier.tolerance_s == 60
+    bare_store = bare.store(bare_app)
+    assert isinstance(bare_store, SQLiteDedupeStore)
+    bare_store.close()
+
+
+def test_server_and_sender_variables_are_left_to_them(
+    sender: Sender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In the environment, PINS and ALLOW are the server's handshake rules: as endpoint
+    # defaults they would widen an endpoint's own allow list (a peer matching any rule passes).
+    monkeypatch.setenv("MTLS_HOOKS_PINS", "sha256/" + "A" * 43 + "=")
+    monkeypatch.setenv("MTLS_HOOKS_ALLOW", "uri:spiffe://test.example/*")
+    monkeypatch.setenv("MTLS_HOOKS_CLIENT_CA", "ca.pem")
+    monkeypatch.setenv("MTLS_HOOKS_SECRET", sender.key)
+    app = make_app(MTLS_HOOKS_KEYS=[sender.key])
+    hooks = WebhookReceiver(app, path="/hooks")
+    hooks.endpoint("/billing", name="billing", allow=["uri:spiffe://test.example/billing"])
+    assert hooks.settings(app, "default").policy is None
+    policy = hooks.settings(app, "billing").policy
+    assert policy is not None
+    assert not policy.spki_pins
+
+
+def test_unknown_environment_variable_names_the_closest(
+    sender: Sender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MTLS_HOOKS_DEDUPE_PAHT", "/tmp/d.db")
+    app = make_app(MTLS_HOOKS_KEYS=[sender.key])
+    with pytest.raises(ConfigurationError) as info:
+        WebhookReceiver(app, path="/hooks")
+    assert str(info.value) == (
+        "unknown environment setting 'MTLS_HOOKS_DEDUPE_PAHT' "
+        "(did you mean 'MTLS_HOOKS_DEDUPE_PATH'?)"
+    )
+
+
+def test_receiver_names_are_the_endpoint_options_and_store_settings() -> None:
+    # The light names module the server imports must list exactly what the receiver reads.
+    assert tuple(EndpointOptions.__annotations__) == ENDPOINT_OPTION_NAMES
+    assert tuple(name.lower() for name in _RECEIVER_KEYS) == STORE_NAMES
 
 
 def test_endpoint_declared_after_init_app_is_served(sender: Sender) -> None:

@@ -135,6 +135,40 @@ def test_from_env_unknown_variable() -> None:
     assert "did you mean 'MTLS_HOOKS_CLIENT_CA'" in str(info.value)
 
 
+def test_receiver_variables_are_accepted_and_left_to_the_receiver(
+    pki: Pki, cast: Cast, tmp_path: Path
+) -> None:
+    environ = {
+        "MTLS_HOOKS_CERTFILE": pki.server_cert,
+        "MTLS_HOOKS_KEYFILE": pki.server_key,
+        "MTLS_HOOKS_CLIENT_CA": pki.ca_file,
+        "MTLS_HOOKS_PINS": cast.alpha.spki_pin,
+        "MTLS_HOOKS_DEDUPE_PATH": str(tmp_path / "dedupe.sqlite3"),
+        "MTLS_HOOKS_KEYS": "whsec_" + "A" * 44,
+        "MTLS_HOOKS_TOLERANCE_S": "60",
+        "MTLS_HOOKS_SECRET": "whsec_" + "A" * 44,  # the sender CLI's
+    }
+    from_env = ServerConfig.from_env(environ)
+    loaded = ServerConfig.load(environ=environ, overrides={"workers": 2})
+    assert from_env.replace(workers=2) == loaded
+    assert loaded.pins == (cast.alpha.spki_pin,)
+
+
+def test_unknown_variable_suggestion_includes_receiver_names() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        ServerConfig.from_env({"MTLS_HOOKS_DEDUPE_PAHT": "x"})
+    assert str(info.value) == (
+        "unknown environment setting 'MTLS_HOOKS_DEDUPE_PAHT' "
+        "(did you mean 'MTLS_HOOKS_DEDUPE_PATH'?)"
+    )
+
+
+def test_receiver_variables_are_unknown_under_another_prefix() -> None:
+    # Only MTLS_HOOKS_ is shared with the receiver, which reads no other prefix.
+    with pytest.raises(ConfigurationError, match="unknown environment setting 'RX_DEDUPE_PATH'"):
+        ServerConfig.from_env({"RX_DEDUPE_PATH": "x"}, prefix="RX_")
+
+
 def _write_toml(path: Path, body: str) -> Path:
     path.write_text(body, encoding="utf-8")
     return path
