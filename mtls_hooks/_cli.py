@@ -1,4 +1,4 @@
-"""The ``mtls-hooks`` command: ``serve`` a receiver, ``send`` a webhook.
+"""The ``mtls-hooks`` command: ``serve`` a receiver, ``send`` a webhook, make keys with ``keygen``.
 
 Each subcommand lives in its own module exposing ``add_parser(subparsers)`` and
 ``run(args) -> int``; this module only dispatches and turns our errors into one line.
@@ -17,13 +17,14 @@ __all__ = ["main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every subcommand registered."""
-    from mtls_hooks import _cli_send, _cli_serve
+    from mtls_hooks import _cli_keygen, _cli_send, _cli_serve
 
     parser = argparse.ArgumentParser(
-        prog="mtls-hooks", description="Webhooks over mutual TLS: serve a receiver, send events."
+        prog="mtls-hooks",
+        description="Webhooks over mutual TLS: serve a receiver, send events, make keys.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for module in (_cli_serve, _cli_send):
+    for module in (_cli_serve, _cli_send, _cli_keygen):
         module.add_parser(subparsers)
     return parser
 
