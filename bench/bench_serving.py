@@ -115,8 +115,8 @@ class Settings:
     max_latency_requests: int = 5_000
     warmup_requests: int = 5
     store_ids: int = 20_000
-    asgi_requests: int = 2_000
-    asgi_repeats: int = 3
+    asgi_requests: int = 500
+    asgi_repeats: int = 9
 
     @classmethod
     def quick(cls) -> Settings:
@@ -299,16 +299,9 @@ def measure(
             for store, rate in rates.items():
                 stores[store].append(rate)
         up.close()  # the servers are done: the in-process timing gets the machine to itself
-        asgi = {
-            name: asgi_us_per_request(
-                factory,
-                pki,
-                signed=signed,
-                requests=settings.asgi_requests,
-                repeats=settings.asgi_repeats,
-            )
-            for name, factory, signed in _ASGI_APPS
-        }
+        asgi = asgi_us_per_request(
+            _ASGI_APPS, pki, requests=settings.asgi_requests, repeats=settings.asgi_repeats
+        )
     return Measurements(samples, stores, asgi, cores)
 
 
