@@ -99,10 +99,10 @@ class WebhookView:
         log = DecisionLog(ep.name, peer, started)
         refusal = self._gate(req, peer)
         if refusal is not None:
-            return log.refused(refusal)
+            return _close_if_unread(req, log.refused(refusal))
         body = await self._read(req)
         if isinstance(body, Refusal):
-            return log.refused(body)
+            return _close_if_unread(req, log.refused(body))
         headers = req.headers
         try:
             message = ep.verifier.verify(headers, body)
@@ -254,6 +254,19 @@ async def _settle(store: DedupeStore, key: str, *, success: bool) -> None:
             await store.release(key)
     except Exception:
         logger.exception("dedupe store failed to %s %s", "complete" if success else "release", key)
+
+
+def _close_if_unread(req: Any, response: Response) -> Response:
+    """Say ``Connection: close`` on an HTTP/1.x refusal sent before the body was read.
+
+    Hypercorn closes such a connection once the answer is out (h11 cannot start the next
+    request while the body is unread), but without saying so; a pooling client would then
+    send its next request into a closing socket. RFC 9112 §9.6: announce the close.
+    HTTP/2 streams are reset individually and forbid connection headers.
+    """
+    if req.http_version.startswith("1") and not _arrived(req.body):
+        response.headers["Connection"] = "close"
+    return response
 
 
 def _arrived(body: Any) -> bool:
