@@ -15,6 +15,7 @@ delivery guidance:
 from __future__ import annotations
 
 import errno
+import json
 import re
 import ssl
 from collections.abc import Iterator, Mapping
@@ -24,12 +25,16 @@ import aiohttp
 import httpx
 
 from mtls_hooks._errors import PinError
+from mtls_hooks._problem import PROBLEM_CONTENT_TYPE
 from mtls_hooks._retry import RETRYABLE_STATUS_CODES, AttemptFailed, parse_retry_after
 
 __all__ = ["classify_exception", "classify_status"]
 
 _TAG: Final = re.compile(r"<[^>]*>")
 _SNIPPET_CHARS: Final = 200
+# A refusal's problem body is a few hundred bytes; a larger one is not read as JSON.
+_PROBLEM_MAX_BYTES: Final = 16 * 1024
+_PROBLEM_DETAIL_CHARS: Final = 400
 # TLS alerts by which a receiver refuses *our* certificate.
 _CLIENT_CERT_ALERTS: Final = (
     "ALERT_CERTIFICATE",  # _EXPIRED, _REVOKED, _UNKNOWN, _REQUIRED
@@ -44,10 +49,43 @@ _DROPPED_HINT: Final = (
 )
 
 
+def _one_line(text: str, limit: int) -> str:
+    # The receiver writes this text into our error message and logs: no newlines, no
+    # terminal escapes, bounded length, whatever it sent.
+    printable = "".join(char if char.isprintable() else " " for char in text[: limit * 4])
+    return " ".join(printable.split())[:limit]
+
+
 def _snippet(body: bytes) -> str:
     # Error pages are often HTML (nginx's "<h1>410 Gone</h1>"): keep the words, not the tags.
     text = _TAG.sub(" ", body[: _SNIPPET_CHARS * 4].decode("utf-8", "replace"))
-    return " ".join(text.split())[:_SNIPPET_CHARS]
+    return _one_line(text, _SNIPPET_CHARS)
+
+
+def _problem(headers: Mapping[str, str], body: bytes) -> tuple[str, str] | None:
+    """Read an RFC 9457 problem body as ``(title, "reason: detail")``, or ``None``.
+
+    Our receiver refuses every request this way; its ``detail`` (and ``reason`` extension
+    member) says why far better than a snippet of raw JSON. Anything malformed, oversized
+    or without a string ``detail`` is ``None``: the caller falls back to the snippet.
+    """
+    media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != PROBLEM_CONTENT_TYPE or len(body) > _PROBLEM_MAX_BYTES:
+        return None
+    try:
+        problem = json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    if not isinstance(problem, dict) or not isinstance(problem.get("detail"), str):
+        return None
+    title, reason = problem.get("title"), problem.get("reason")
+    detail = problem["detail"]
+    if isinstance(reason, str) and reason.strip():
+        detail = f"{reason}: {detail}"
+    return (
+        _one_line(title, _SNIPPET_CHARS) if isinstance(title, str) else "",
+        _one_line(detail, _PROBLEM_DETAIL_CHARS),
+    )
 
 
 def classify_status(
@@ -58,7 +96,8 @@ def classify_status(
     Args:
         status: the HTTP status.
         headers: the answer's headers (case-insensitive mapping).
-        body: the answer's body; a snippet of it explains a refusal.
+        body: the answer's body: an RFC 9457 problem's ``reason`` and ``detail``, or else
+            a snippet of it, explains a refusal.
         url: where the request went, for the message.
         now: the wall clock, to read a ``Retry-After`` HTTP-date.
 
@@ -69,7 +108,8 @@ def classify_status(
         return None
     retryable = status in RETRYABLE_STATUS_CODES
     retry_after_s = None
-    detail = _snippet(body)
+    problem = _problem(headers, body)
+    title, detail = problem if problem is not None else ("", _snippet(body))
     if retryable:
         retry_after_s = parse_retry_after(headers.get("retry-after"), now=now)
         if retry_after_s is not None:
@@ -84,7 +124,8 @@ def classify_status(
         )
     else:
         kind = "status"
-        message = f"receiver answered {status}" + (f": {detail}" if detail else "")
+        answered = f"receiver answered {status} {title}" if title else f"receiver answered {status}"
+        message = answered + (f": {detail}" if detail else "")
     return AttemptFailed(
         message,
         retryable=retryable,

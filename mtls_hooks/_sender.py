@@ -88,9 +88,22 @@ class _Delivery:
 
 
 @functools.lru_cache(maxsize=1024)  # senders post to few URLs, many times
-def _is_https_url(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme == "https" and bool(parts.hostname)
+def _url_problem(url: str) -> str | None:
+    """Say what makes ``url`` unfit for a webhook, or return ``None`` when it is fit."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError on a non-numeric or out-of-range port
+    except ValueError as exc:
+        return f"webhook URL {url!r} is malformed: {exc}"
+    if parts.scheme != "https" or not parts.hostname:
+        return f"webhook URL must be https://host/...: {url!r}"
+    # "https://host:/x": urlsplit and httpx both read an empty port as the default, 443,
+    # which silently sends elsewhere than a URL with a lost port number meant.
+    if parts.netloc.endswith(":"):
+        return f"webhook URL {url!r} has an empty port: give one (https://host:8443/...) or none"
+    if port == 0:
+        return f"webhook URL {url!r}: port 0 cannot be connected to"
+    return None
 
 
 class _SenderBase:
@@ -214,8 +227,9 @@ class _SenderBase:
     ) -> _Delivery:
         if self._closed:
             raise ConfigurationError(f"{type(self).__name__} is closed")
-        if not _is_https_url(url):
-            raise ConfigurationError(f"webhook URL must be https://host/...: {url!r}")
+        problem = _url_problem(url)
+        if problem is not None:
+            raise ConfigurationError(problem)
         if isinstance(payload, bytes | bytearray | memoryview):
             if event_type is not None:
                 raise ConfigurationError("event_type wraps a payload; bytes are sent verbatim")

@@ -10,9 +10,10 @@ from quart import Quart
 from tenacity import stop_after_attempt
 
 from mtls_hooks._config import ServerConfig
-from mtls_hooks._errors import RetriesExhaustedError
+from mtls_hooks._errors import RetriesExhaustedError, StatusError
 from mtls_hooks._events import WebhookEvent
 from mtls_hooks._receiver import WebhookReceiver
+from mtls_hooks._signing import HmacSecret
 from mtls_hooks.testing import ServerHandle, running_server
 from tests.sender.conftest import KINDS, SECRET, FakeTime, SenderPki, deliver, exact_policy
 
@@ -117,3 +118,15 @@ def test_unpinned_sender_is_dropped_and_told_why(
     assert str(caught.value).startswith("gave up after 2 attempt(s) (attempt limit): ")
     # The drop arrives as "Server disconnected" or as a reset, depending on timing.
     assert "the receiver may be refusing our client certificate" in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_refusal_by_our_receiver_reads_as_its_reason(
+    kind: str, pki: SenderPki, receiver: tuple[ServerHandle, Seen]
+) -> None:
+    server, _ = receiver
+    kwargs = {"signing_keys": HmacSecret.generate().export(), **pki.client()}  # not its key
+    with pytest.raises(StatusError) as caught:
+        deliver(kind, kwargs, server.url("/hooks"), {}, event_type="invoice.paid")
+    assert str(caught.value).startswith("receiver answered 401 Unauthorized: bad-signature: ")
+    assert "{" not in str(caught.value)  # the problem document is read, not quoted
