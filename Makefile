@@ -24,6 +24,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP) peers
+	rm -f .coverage .coverage.*
 	$(BIN)/pytest -n 2 --cov --cov-report=term
 
 test: lint typecheck pytest
@@ -38,4 +39,4 @@ bench: $(STAMP) peers
 	$(BIN)/python -m bench.run_all
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.*
