@@ -158,6 +158,7 @@ def _serve_stock(app: Quart, pki: BenchPki, report: Callable[[int], None]) -> No
     config.ca_certs = pki.ca
     # Hypercorn's default is CERT_NONE even with ca_certs (DESIGN.md).
     config.verify_mode = ssl.CERT_REQUIRED
+    config.loglevel = "WARNING"  # no "Running on" line in the table; no per-request effect
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -8,7 +8,7 @@ compare against baselines measured in the same run by that module. A module may 
 Every module bounds its own run (request counts and wall time); the defaults keep the whole
 run within about five minutes on two cores.
 
-Run: ``.venv/bin/python -m bench.run_all [--quick] [--only serving]``.
+Run: ``.venv/bin/python -m bench.run_all [--quick] [--only serving] [--verbose]``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import io
 import os
 import sys
 import time
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny, measures nothing")
     parser.add_argument("--only", action="append", default=[], help="e.g. serving, sender")
+    parser.add_argument("--verbose", action="store_true", help="also show each module's output")
     args = parser.parse_args(argv)
     modules = [
         name
@@ -96,13 +98,18 @@ def main(argv: list[str] | None = None) -> int:
         quick: list[str] = getattr(module, "QUICK_ARGV", _KNOWN_QUICK_ARGV.get(name, ["--quick"]))
         print(f"== {name} {' '.join(quick) if args.quick else ''}".rstrip(), flush=True)
         module_started = time.monotonic()
+        # Each module prints its own table too; the combined one below is what counts.
+        output = io.StringIO()
         try:
-            with _kept_affinity():
+            with _kept_affinity(), contextlib.redirect_stdout(output):
                 result: Any = run(list(quick) if args.quick else [])
         except Exception as exc:  # one broken bench must not hide the others' figures
             failed.append(name)
+            print(output.getvalue(), end="")
             print(f"!! {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             continue
+        if args.verbose:
+            print(output.getvalue(), end="")
         rows.extend(result)
         print(f"== {name}: {time.monotonic() - module_started:.0f} s", flush=True)
     print()
