@@ -1,4 +1,4 @@
-"""The receiver's and the sender CLI's ``MTLS_HOOKS_*`` names, importable without Quart or cryptography.
+"""The receiver's and the sender CLI's ``MTLS_HOOKS_*`` names, importable without Quart.
 
 The server (:mod:`mtls_hooks._config`) and the receiver (:mod:`mtls_hooks._receiver`) read
 the same environment under one prefix: each must accept the other's names there and still
