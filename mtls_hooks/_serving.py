@@ -30,10 +30,11 @@ import ssl
 import sys
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 import hypercorn.asyncio.run as hypercorn_run
+from hypercorn.asyncio.task_group import TaskGroup as HypercornTaskGroup
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.utils import wrap_app
@@ -184,6 +185,57 @@ async def _refuse_headers(scope: Any, send: Any, size: int, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class _IdleTimer:
+    """A connection's keep-alive timer, as hypercorn's ``AsyncioSingleTask``, without its leak.
+
+    Hypercorn 0.18 restarts the timer each time a connection falls idle: it builds the
+    ``TCPServer._idle_timeout()`` coroutine and only then asks the connection's
+    ``asyncio.TaskGroup`` to run it. The request that makes the connection idle may end in a
+    task outside that group (Quart sends its response from a task of its own) after the
+    group stopped taking tasks. Over HTTP/2, a 413 sent while the client still streams the
+    body does it: hypercorn forgets the answered stream, then waits to queue
+    ``http.disconnect`` to the app; meanwhile the next DATA frame for that stream raises
+    ``KeyError`` in its h2 protocol (pgjones/hypercorn#329), which cancels the group; then
+    the response task resumes and restarts the timer. ``create_task`` raises, and before
+    Python 3.13 it leaves the coroutine un-awaited
+    (python/cpython#115957): a "coroutine 'TCPServer._idle_timeout' was never awaited"
+    RuntimeWarning at some later garbage collection (pgjones/hypercorn#338), which
+    ``filterwarnings = error`` turns into the failure of an unrelated test. A group that
+    takes no more tasks belongs to a connection being torn down, which needs no idle timer:
+    the coroutine is closed and the caller carries on. Otherwise behaves as hypercorn's.
+    """
+
+    __slots__ = ("_lock", "_task")
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def restart(
+        self,
+        task_group: HypercornTaskGroup,
+        action: Callable[[], Coroutine[Any, Any, None]],
+    ) -> None:
+        async with self._lock:
+            await self._cancel()
+            timer = action()
+            try:
+                self._task = task_group._task_group.create_task(timer)
+            except RuntimeError:  # "TaskGroup ... is shutting down" / "... is finished"
+                timer.close()
+
+    async def stop(self) -> None:
+        async with self._lock:
+            await self._cancel()
+
+    async def _cancel(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 _ORIGINAL_TCP_SERVER: Any = getattr(hypercorn_run, "TCPServer", None)
 
 
@@ -210,6 +262,8 @@ class _TLSTCPServer(_ORIGINAL_TCP_SERVER):  # type: ignore[misc]
             # transport no longer answers get_extra_info().
             config.connections[writer] = writer.get_extra_info("socket")
         super().__init__(app, loop, config, context, state, reader, writer)
+        if isinstance(config, _MtlsHypercornConfig):
+            self.idle_task = _IdleTimer()
 
 
 _patch_lock = threading.Lock()

@@ -184,22 +184,33 @@ def test_each_refusal_over_mtls(live: Live, case: str, status: int, reason: str)
     assert len(live.seen.events) == before + 1  # only the twin ran
 
 
-def test_oversized_chunked_body_is_cut_off_while_streaming(live: Live, log_lines: LogLines) -> None:
-    # HTTP/1.1 chunked: no Content-Length, so only the count while reading can refuse it.
-    # (The HTTP/2 twin is left out: the early 413 resets a stream the client is still
-    # writing, and Hypercorn 0.18 then leaks a never-awaited TCPServer._idle_timeout
-    # coroutine that filterwarnings=error turns into a random later failure.)
+@pytest.mark.parametrize("http2", [False, True], ids=["http1.1-chunked", "http2-no-length"])
+def test_oversized_streamed_body_is_cut_off_while_streaming(
+    live: Live, http2: bool, log_lines: LogLines
+) -> None:
+    # No Content-Length (HTTP/1.1 chunked, HTTP/2 DATA frames): only the count while reading
+    # can refuse it.
     body_headers = live.sender.request()[1]
     before = len(live.seen.events)
-    with live.client() as client:
-        response = client.post(
-            live.server.url("/hooks"),
-            content=_oversized_stream(64 * 1024),
-            headers=body_headers,
-            auth=AUTH,
-        )
-    assert response.status_code == 413
-    assert response.json()["reason"] == "too-large"
+    with live.client(http2=http2) as client:
+        try:
+            response: httpx.Response | None = client.post(
+                live.server.url("/hooks"),
+                content=_oversized_stream(64 * 1024),
+                headers=body_headers,
+                auth=AUTH,
+            )
+        except (httpx.RemoteProtocolError, httpx.WriteError):
+            # HTTP/2 only: the 413 ends the stream while the client still sends DATA (RFC 9113
+            # §8.1 allows it), and Hypercorn 0.18 fails on the next DATA frame for that stream
+            # (KeyError, pgjones/hypercorn#329) and drops the connection, often before the
+            # client has read the 413. The server-side decision below is what counts.
+            assert http2
+            response = None
+    if response is not None:
+        assert response.status_code == 413
+        assert response.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
+        assert response.json()["reason"] == "too-large"
     assert log_lines.last()["reason"] == "too-large"
     assert len(live.seen.events) == before
 
