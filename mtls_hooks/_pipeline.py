@@ -181,6 +181,10 @@ class WebhookView:
             payload = json.loads(body)
         except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
             return _NOT_JSON
+        except RecursionError:
+            # json's C scanner recurses once per nesting level: a signed body of deeply
+            # nested arrays exhausts the stack. Refused like any other unparsable body.
+            return _TOO_DEEP
         try:
             event_type = self.ep.event_type(payload)
         except Exception:
@@ -324,6 +328,7 @@ _BAD_BASIC: Final = Refusal(
     {"WWW-Authenticate": 'Basic realm="webhooks", charset="UTF-8"'},
 )
 _NOT_JSON: Final = Refusal(400, "malformed-json", "the body is not valid UTF-8 JSON")
+_TOO_DEEP: Final = Refusal(400, "malformed-json", "the JSON body is nested too deeply")
 _NO_TYPE: Final = Refusal(
     400, "missing-type", "the payload has no event type (a non-empty string 'type' member)"
 )

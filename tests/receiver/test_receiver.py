@@ -163,6 +163,8 @@ REFUSALS = [
     pytest.param(_twin(body=b'{"data": 1}'), 400, "missing-type", id="missing-type"),
     pytest.param(_twin(body=b'{"type": ""}'), 400, "missing-type", id="empty-type"),
     pytest.param(_twin(body=b"\xff\xfe"), 400, "malformed-json", id="not-utf8"),
+    # 2000 levels fit the 4096-byte cap and exceed the interpreter's recursion limit (1000).
+    pytest.param(_twin(body=b"[" * 2000 + b"]" * 2000), 400, "malformed-json", id="too-deep"),
 ]
 
 
