@@ -163,7 +163,8 @@ class EndpointSettings:
     policy: PeerPolicy | None
     require_peer: bool
     networks: tuple[IPNetwork, ...]
-    basic_auth: tuple[bytes, bytes] | None
+    # Out of the repr: settings are printed in debuggers, logs and error reports.
+    basic_auth: tuple[bytes, bytes] | None = field(repr=False)
     max_body_bytes: int
     content_types: frozenset[str]
     body_timeout_s: float

@@ -82,8 +82,9 @@ F = TypeVar("F", bound=Handler)
 class _AppState:
     store: DedupeStore
     owns_store: bool
-    config_endpoints: dict[str, dict[str, Any]]
-    receiver_config: dict[str, Any]
+    # The raw MTLS_HOOKS_* values, passwords and whsec_ secrets included: never in a repr.
+    config_endpoints: dict[str, dict[str, Any]] = field(repr=False)
+    receiver_config: dict[str, Any] = field(repr=False)
     endpoints: dict[str, EndpointSettings] = field(default_factory=dict)
 
 

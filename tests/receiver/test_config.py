@@ -141,6 +141,28 @@ def test_configuration_errors_never_echo_a_secret() -> None:
     assert "c2hvcnQ" not in str(info.value)
 
 
+def test_reprs_never_show_a_password_or_a_secret(sender: Sender) -> None:
+    password = "s3cret-password"
+    app = make_app(
+        MTLS_HOOKS_KEYS=[sender.key],
+        MTLS_HOOKS_BASIC_AUTH=("alice", password),
+        MTLS_HOOKS_ENDPOINTS={
+            "billing": {"path": "/billing", "basic_auth": ("bob", password + "-billing")}
+        },
+    )
+    hooks = WebhookReceiver(app, path="/hooks", basic_auth=("carol", password + "-ctor"))
+    shipping = hooks.endpoint("/shipping", name="shipping", keys=[sender.key])
+    state = hooks._states[app]
+    shown = [hooks, shipping, state, *state.endpoints.values(), hooks.store(app)]
+    assert {"default", "billing", "shipping"} <= set(state.endpoints)
+    assert hooks.settings(app, "billing").basic_auth == (b"bob", f"{password}-billing".encode())
+    secret = sender.key.removeprefix("whsec_")
+    for thing in shown:
+        for text in (repr(thing), str(thing)):
+            assert password not in text
+            assert secret not in text
+
+
 def test_duplicate_registrations_are_errors(sender: Sender) -> None:
     hooks = WebhookReceiver(make_app(MTLS_HOOKS_KEYS=[sender.key]), path="/hooks")
     hooks.on("a")(lambda event: None)
