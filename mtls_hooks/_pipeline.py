@@ -5,7 +5,7 @@ parsed before the signature verified::
 
     method 405 → peer identity 403 → source IP 403 → HTTP Basic 401 → content type 415
     → size 413 (Content-Length, then while reading) → signature + timestamp 401
-    → JSON + event type 400 → dedupe (duplicate 204, in flight 409) → handler
+    → JSON + event type 400 → dedupe (duplicate 204, in flight 503) → handler
 
 Each stage returns either a value for the next one or a :class:`Refusal`, which
 :class:`DecisionLog` renders as the problem response while writing the request's single
@@ -332,8 +332,11 @@ _TOO_DEEP: Final = Refusal(400, "malformed-json", "the JSON body is nested too d
 _NO_TYPE: Final = Refusal(
     400, "missing-type", "the payload has no event type (a non-empty string 'type' member)"
 )
-# Retry-After: the first delivery is usually done within seconds; the sender comes back then.
-_IN_FLIGHT: Final = Refusal(409, "in-flight", "", {"Retry-After": "5"})
+# 503, not 409: Standard Webhooks senders (ours included) retry only 429/502/503/504 among
+# statuses, and treat a 409 as final; if the first run then failed and released the id, no
+# retry would come and the event would be lost. Retry-After: the first delivery is usually
+# done within seconds; the sender comes back then.
+_IN_FLIGHT: Final = Refusal(503, "in-flight", "", {"Retry-After": "5"})
 _STORE_DOWN: Final = Refusal(
     503, "store-unavailable", "the dedupe store is unavailable; retry later", {"Retry-After": "30"}
 )

@@ -12,8 +12,9 @@ give up after 15-30 s, so long work belongs after the acknowledgement (a task qu
 ``app.add_background_task``), keyed by ``event.id`` to stay idempotent.
 
 Concurrent duplicates: while one request runs the handler of an id, another delivery of the
-same id is answered ``409 Conflict`` with ``Retry-After: 5`` at once (no waiting): the sender
-retries, and by then the id is done (204 duplicate) or released (the handler runs).
+same id is answered ``503 Service Unavailable`` with ``Retry-After: 5`` (problem reason
+``in-flight``) at once, without waiting: a status every Standard Webhooks sender retries, and
+by then the id is done (204 duplicate) or released (the handler runs).
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ from quart import Quart
 from certs_tool import CA
 from mtls_hooks._events import WebhookEvent
 from mtls_hooks._receiver import WebhookReceiver
+from mtls_hooks._retry import RetryPolicy
+from mtls_hooks._sender_sync import WebhookSender
 from mtls_hooks._signing import HmacSecret, Signer
 from mtls_hooks.testing import ServerHandle, running_server
 from tests.receiver.conftest import SPIFFE_SENDER, LogLines, Sender
@@ -48,6 +50,7 @@ def build_app(sender: Sender, seen: Seen, **config: Any) -> Quart:
     hooks.endpoint("/hooks", name="payments", basic_auth=BASIC, max_body_bytes=4096)
     hooks.endpoint("/hooks/ip", name="internal", ip_allow=["10.0.0.0/8"])
     hooks.endpoint("/hooks/slow-body", name="slow-body", body_timeout_s=0.2)
+    hooks.endpoint("/hooks/open", name="open")  # no Basic auth: our own sender can post here
 
     @hooks.on("invoice.paid")
     async def paid(event: WebhookEvent) -> None:
@@ -64,6 +67,14 @@ def build_app(sender: Sender, seen: Seen, **config: Any) -> Quart:
         seen.events.append(event)
         seen.entered.set()
         await asyncio.to_thread(seen.release.wait, 10)
+
+    @hooks.on("flaky.slow")
+    async def flaky_slow(event: WebhookEvent) -> None:
+        seen.events.append(event)
+        if seen.ids().count(event.id) == 1:
+            seen.entered.set()
+            await asyncio.to_thread(seen.release.wait, 10)
+            raise RuntimeError("the first run fails")
 
     @hooks.on("boom")
     async def boom(event: WebhookEvent) -> None:
@@ -256,9 +267,55 @@ def test_concurrent_duplicates_run_the_handler_once(live: Live) -> None:
         second = pool.submit(deliver).result(10)
         live.seen.release.set()
         assert first.result(10).status_code == 204
-    assert second.status_code == 409
+    assert second.status_code == 503
     assert second.headers["retry-after"] == "5"
+    assert second.headers["content-type"] == "application/problem+json"
+    assert second.json()["reason"] == "in-flight"
     assert live.seen.ids().count(headers["webhook-id"]) == 1
+
+
+def test_our_sender_retries_an_in_flight_answer(live: Live) -> None:
+    """The in-flight answer is retryable: when the first run then fails, the retry runs it."""
+    live.seen.entered.clear()
+    live.seen.release.clear()
+    webhook_id = Signer.new_webhook_id()
+    body, headers = live.sender.request(event_type="flaky.slow", webhook_id=webhook_id)
+
+    def first_delivery() -> httpx.Response:
+        with live.client() as client:
+            return client.post(live.server.url("/hooks/open"), content=body, headers=headers)
+
+    waits_s: list[float] = []
+    identity = live.sender_identity
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(first_delivery)
+        assert live.seen.entered.wait(10)
+
+        def sleep(seconds: float) -> None:
+            # Instead of sleeping: let the first run fail, releasing the id.
+            waits_s.append(seconds)
+            live.seen.release.set()
+            first.result(10)
+
+        with WebhookSender(
+            signing_keys=live.sender.key,
+            ca_file=live.pki.ca_file,
+            certfile=identity.cert,
+            keyfile=identity.key,
+            retry=RetryPolicy.interactive(),
+            sleep=sleep,
+        ) as sender:
+            result = sender.send(
+                live.server.url("/hooks/open"),
+                {"n": 1},
+                event_type="flaky.slow",
+                webhook_id=webhook_id,
+            )
+    assert first.result(10).status_code == 500
+    assert [attempt.status_code for attempt in result.attempts] == [503, 204]
+    assert len(waits_s) == 1
+    assert waits_s[0] >= 5  # the Retry-After of the in-flight answer
+    assert live.seen.ids().count(webhook_id) == 2
 
 
 def test_handler_exception_over_mtls(live: Live, log_lines: LogLines) -> None:

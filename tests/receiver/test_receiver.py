@@ -283,7 +283,7 @@ async def test_concurrent_duplicates_run_the_handler_once(rig: Rig, log_lines: L
     first = asyncio.ensure_future(rig.post(body, headers))
     await asyncio.wait_for(entered.wait(), 5)
     second = await rig.post(body, headers)
-    assert second.status_code == 409
+    assert second.status_code == 503
     assert second.headers["Retry-After"] == "5"
     assert (await problem(second))["reason"] == "in-flight"
     release.set()
