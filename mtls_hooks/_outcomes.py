@@ -28,12 +28,15 @@ from mtls_hooks._errors import PinError
 from mtls_hooks._problem import PROBLEM_CONTENT_TYPE
 from mtls_hooks._retry import RETRYABLE_STATUS_CODES, AttemptFailed, parse_retry_after
 
-__all__ = ["classify_exception", "classify_status"]
+__all__ = ["ANSWER_KEEP_BYTES", "classify_exception", "classify_status"]
 
 _TAG: Final = re.compile(r"<[^>]*>")
 _SNIPPET_CHARS: Final = 200
 # A refusal's problem body is a few hundred bytes; a larger one is not read as JSON.
 _PROBLEM_MAX_BYTES: Final = 16 * 1024
+#: How much of an answer's body the senders keep: all that the problem parser and the
+#: snippet read. Receivers may be third parties; the rest is never read (nor pooled).
+ANSWER_KEEP_BYTES: Final = _PROBLEM_MAX_BYTES
 _PROBLEM_DETAIL_CHARS: Final = 400
 # TLS alerts by which a receiver refuses *our* certificate.
 _CLIENT_CERT_ALERTS: Final = (
@@ -96,8 +99,9 @@ def classify_status(
     Args:
         status: the HTTP status.
         headers: the answer's headers (case-insensitive mapping).
-        body: the answer's body: an RFC 9457 problem's ``reason`` and ``detail``, or else
-            a snippet of it, explains a refusal.
+        body: the start of the answer's body (the senders keep ``ANSWER_KEEP_BYTES``): an
+            RFC 9457 problem's ``reason`` and ``detail``, or else a snippet of it, explains a
+            refusal.
         url: where the request went, for the message.
         now: the wall clock, to read a ``Retry-After`` HTTP-date.
 

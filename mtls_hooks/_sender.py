@@ -34,7 +34,7 @@ from mtls_hooks._errors import (
     TLSError,
     TransportError,
 )
-from mtls_hooks._outcomes import classify_exception, classify_status
+from mtls_hooks._outcomes import ANSWER_KEEP_BYTES, classify_exception, classify_status
 from mtls_hooks._policy import PeerPolicy
 from mtls_hooks._results import Attempt, DeliveryResult
 from mtls_hooks._retry import AttemptFailed, RetryPolicy, stop_before_deadline
@@ -187,6 +187,10 @@ class _SenderBase:
         self._headers = {
             "content-type": "application/json",
             "user-agent": _USER_AGENT,
+            # Only the first ANSWER_KEEP_BYTES of an answer are kept: a compressed one could
+            # inflate far past that in one chunk (a zip bomb), so none is asked for, and
+            # neither twin decompresses one sent anyway.
+            "accept-encoding": "identity",
             **{k.lower(): v for k, v in (headers or {}).items()},
         }
         self._clock = clock
@@ -302,6 +306,17 @@ class _SenderBase:
         delivery.attempts[-1] = delivery.attempts[-1]._replace(
             wait_s=state.upcoming_sleep, wait_reason=self.retry.wait_reason(state)
         )
+
+    @staticmethod
+    def _keep(kept: bytearray, chunk: bytes) -> bool:
+        """Add the part of ``chunk`` within ``ANSWER_KEEP_BYTES`` to ``kept``.
+
+        Returns:
+            True once ``kept`` is full: the twin stops reading and closes the connection,
+            rather than drain a huge body or return a half-read one to the pool.
+        """
+        kept += chunk[: ANSWER_KEEP_BYTES - len(kept)]
+        return len(kept) >= ANSWER_KEEP_BYTES
 
     def _answer(
         self,

@@ -71,6 +71,7 @@ class AsyncWebhookSender(_SenderBase):
                     enable_cleanup_closed=_LEAKS_CLOSED_SSL,
                 ),
                 cookie_jar=aiohttp.DummyCookieJar(),  # no receiver's cookie follows us
+                auto_decompress=False,  # a capped body must not inflate: see _SenderBase
                 timeout=self._default_timeout,
             )
         return self._session
@@ -120,16 +121,16 @@ class AsyncWebhookSender(_SenderBase):
         started = time.perf_counter()
         status: int
         answer_headers: Mapping[str, str]
+        kept = bytearray()  # only the start of the body: see _SenderBase._keep
         try:
             if self._httpx is not None:
-                response = await self._httpx.post(
-                    delivery.url, content=delivery.body, headers=headers, timeout=timeout
-                )
-                status, answer_headers, body = (
-                    response.status_code,
-                    response.headers,
-                    response.content,
-                )
+                async with self._httpx.stream(
+                    "POST", delivery.url, content=delivery.body, headers=headers, timeout=timeout
+                ) as response:
+                    async for chunk in response.aiter_raw():
+                        if self._keep(kept, chunk):
+                            break
+                status, answer_headers = response.status_code, response.headers
             else:
                 client_timeout = (
                     self._default_timeout
@@ -143,11 +144,18 @@ class AsyncWebhookSender(_SenderBase):
                     allow_redirects=False,  # Standard Webhooks: a 3xx is a failure
                     timeout=client_timeout,
                 ) as answer:
-                    body = await answer.read()
                     status, answer_headers = answer.status, answer.headers
+                    try:
+                        async for chunk in answer.content.iter_any():
+                            if self._keep(kept, chunk):
+                                break
+                    finally:
+                        if not answer.content.is_eof():
+                            answer.close()  # drop the rest with the connection, undrained
         except (httpx.HTTPError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise self._failed(delivery, exc, time.perf_counter() - started) from exc
-        self._answer(delivery, status, answer_headers, body, time.perf_counter() - started)
+        latency = time.perf_counter() - started
+        self._answer(delivery, status, answer_headers, bytes(kept), latency)
 
     async def send_many(
         self, messages: Iterable[WebhookMessage], *, concurrency: int | None = None

@@ -83,17 +83,24 @@ class WebhookSender(_SenderBase):
     def _attempt(self, delivery: _Delivery) -> None:
         headers = self._sign(delivery)
         started = time.perf_counter()
+        kept = bytearray()
         try:
-            response = self._client.post(
+            # Streamed: only the start of the body is kept (see _SenderBase._keep). Closing
+            # a half-read response makes httpcore close its connection instead of pooling it.
+            with self._client.stream(
+                "POST",
                 delivery.url,
                 content=delivery.body,
                 headers=headers,
                 timeout=self._timeout_s(delivery),
-            )
+            ) as response:
+                for chunk in response.iter_raw():
+                    if self._keep(kept, chunk):
+                        break
         except (httpx.HTTPError, OSError) as exc:
             raise self._failed(delivery, exc, time.perf_counter() - started) from exc
         latency = time.perf_counter() - started
-        self._answer(delivery, response.status_code, response.headers, response.content, latency)
+        self._answer(delivery, response.status_code, response.headers, bytes(kept), latency)
 
     def send_many(
         self, messages: Iterable[WebhookMessage], *, concurrency: int | None = None

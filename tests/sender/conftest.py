@@ -129,6 +129,12 @@ def exact_policy(**changes: Any) -> RetryPolicy:
     return policy.replace(**changes)
 
 
+def exact_kwargs(pki: SenderPki, fake_time: FakeTime, **policy: object) -> dict[str, Any]:
+    """Sender arguments: the PEM client, the fake clocks and :func:`exact_policy`."""
+    return {"signing_keys": SECRET, **pki.client(), **fake_time.kwargs(),
+            "retry": exact_policy(**policy)}  # fmt: skip
+
+
 KINDS = [pytest.param("sync", id="sync"), pytest.param("async", id="async")]
 
 

@@ -136,7 +136,11 @@ class ScriptedServer:
             return False
         head = f"HTTP/1.1 {action.code} Scripted\r\ncontent-length: {len(action.body)}\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in action.headers.items())
-        conn.sendall(head.encode("latin-1") + b"\r\n" + action.body)
+        try:
+            conn.sendall(head.encode("latin-1") + b"\r\n")
+            conn.sendall(action.body)  # not joined to the head: no copy of a large body
+        except OSError:  # the sender stopped reading a large body and closed the connection
+            return False
         return True
 
     def start(self) -> None:

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import email.utils
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from standardwebhooks.webhooks import Webhook
 from tenacity import stop_after_attempt
 
 from mtls_hooks._errors import EndpointGoneError, RetriesExhaustedError, StatusError
-from tests.sender.conftest import KINDS, SECRET, FakeTime, SenderPki, deliver, exact_policy
+from tests.sender.conftest import KINDS, SECRET, FakeTime, SenderPki, deliver, exact_kwargs
 from tests.sender.scripted import Reset, ScriptedServer, Stall, Status
 
 Serve = Callable[..., ScriptedServer]
-
-
-def _kwargs(pki: SenderPki, fake_time: FakeTime, **policy: object) -> dict[str, Any]:
-    return {"signing_keys": SECRET, **pki.client(), **fake_time.kwargs(),
-            "retry": exact_policy(**policy)}  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -28,7 +22,7 @@ def test_503_twice_then_200_same_id_fresh_signed_timestamps(
 ) -> None:
     server = serve([Status(503), Status(503), Status(200)])
     start = fake_time.now
-    result = deliver(kind, _kwargs(pki, fake_time), server.url(), {"n": 1}, event_type="t.n")
+    result = deliver(kind, exact_kwargs(pki, fake_time), server.url(), {"n": 1}, event_type="t.n")
 
     assert result.ok
     assert fake_time.sleeps == [1.0, 2.0]
@@ -53,7 +47,7 @@ def test_429_retry_after_seconds(
     kind: str, pki: SenderPki, fake_time: FakeTime, serve: Serve
 ) -> None:
     server = serve([Status(429, {"Retry-After": "7"}), Status(200)])
-    result = deliver(kind, _kwargs(pki, fake_time), server.url(), b"{}")
+    result = deliver(kind, exact_kwargs(pki, fake_time), server.url(), b"{}")
     assert fake_time.sleeps == [7.0]
     assert result.attempts[0].wait_reason == "retry-after"
     assert result.attempts[0].detail == "Retry-After 7"
@@ -65,7 +59,7 @@ def test_429_retry_after_http_date(
 ) -> None:
     date = email.utils.formatdate(fake_time.now + 30, usegmt=True)
     server = serve([Status(429, {"Retry-After": date}), Status(200)])
-    result = deliver(kind, _kwargs(pki, fake_time), server.url(), b"{}")
+    result = deliver(kind, exact_kwargs(pki, fake_time), server.url(), b"{}")
     assert fake_time.sleeps == [30.0]
     assert result.attempts[0].wait_reason == "retry-after"
 
@@ -75,7 +69,7 @@ def test_retry_after_is_clamped(
     kind: str, pki: SenderPki, fake_time: FakeTime, serve: Serve
 ) -> None:
     server = serve([Status(503, {"Retry-After": "86400"}), Status(200)])
-    deliver(kind, _kwargs(pki, fake_time), server.url(), b"{}")
+    deliver(kind, exact_kwargs(pki, fake_time), server.url(), b"{}")
     assert fake_time.sleeps == [120.0]
 
 
@@ -83,7 +77,7 @@ def test_retry_after_is_clamped(
 def test_400_is_not_retried(kind: str, pki: SenderPki, fake_time: FakeTime, serve: Serve) -> None:
     server = serve([Status(400, body=b"<h1>missing field</h1>")])
     with pytest.raises(StatusError, match="receiver answered 400: missing field") as caught:
-        deliver(kind, _kwargs(pki, fake_time), server.url(), b"{}")
+        deliver(kind, exact_kwargs(pki, fake_time), server.url(), b"{}")
     assert caught.value.status_code == 400
     assert caught.value.attempts == 1
     assert fake_time.sleeps == []
@@ -94,7 +88,7 @@ def test_400_is_not_retried(kind: str, pki: SenderPki, fake_time: FakeTime, serv
 def test_410_is_endpoint_gone(kind: str, pki: SenderPki, fake_time: FakeTime, serve: Serve) -> None:
     server = serve([Status(410)])
     with pytest.raises(EndpointGoneError, match=r"endpoint gone \(410\)"):
-        deliver(kind, _kwargs(pki, fake_time), server.url(), b"{}")
+        deliver(kind, exact_kwargs(pki, fake_time), server.url(), b"{}")
     assert fake_time.sleeps == []
 
 
@@ -104,7 +98,7 @@ def test_redirect_is_a_failure_never_followed(
 ) -> None:
     server = serve([Status(307, {"Location": "https://127.0.0.1:1/elsewhere"})])
     with pytest.raises(StatusError, match="never followed") as caught:
-        deliver(kind, _kwargs(pki, fake_time), server.url(), b"{}")
+        deliver(kind, exact_kwargs(pki, fake_time), server.url(), b"{}")
     assert caught.value.status_code == 307
     assert len(server.requests) == 1
 
@@ -114,7 +108,7 @@ def test_connection_reset_is_retried(
     kind: str, pki: SenderPki, fake_time: FakeTime, serve: Serve
 ) -> None:
     server = serve([Reset(), Status(200)])
-    result = deliver(kind, _kwargs(pki, fake_time), server.url(), b"{}")
+    result = deliver(kind, exact_kwargs(pki, fake_time), server.url(), b"{}")
     first, second = result.attempts
     assert first.status_code is None
     assert first.error is not None
@@ -128,7 +122,7 @@ def test_stalled_answer_hits_the_attempt_timeout(
     kind: str, pki: SenderPki, fake_time: FakeTime, serve: Serve
 ) -> None:
     server = serve([Stall(), Status(200)])
-    result = deliver(kind, _kwargs(pki, fake_time, attempt_timeout_s=0.3), server.url(), b"{}")
+    result = deliver(kind, exact_kwargs(pki, fake_time, attempt_timeout_s=0.3), server.url(), b"{}")
     first = result.attempts[0]
     assert first.status_code is None
     assert first.error is not None
@@ -142,7 +136,7 @@ def test_deadline_exhaustion(kind: str, pki: SenderPki, fake_time: FakeTime, ser
     server = serve([Status(503)] * 10)
     policy = {"deadline_s": 10.0, "stop": stop_after_attempt(10)}
     with pytest.raises(RetriesExhaustedError, match=r"after 4 attempt\(s\) \(deadline of 10 s\)"):
-        deliver(kind, _kwargs(pki, fake_time, **policy), server.url(), b"{}")
+        deliver(kind, exact_kwargs(pki, fake_time, **policy), server.url(), b"{}")
     # 1 + 2 + 4 = 7 s waited; the next wait (8 s) would end past the 10 s deadline.
     assert fake_time.sleeps == [1.0, 2.0, 4.0]
     assert len(server.requests) == 4
@@ -154,7 +148,7 @@ def test_attempt_limit_exhaustion(
 ) -> None:
     server = serve([Status(502)] * 5)
     with pytest.raises(RetriesExhaustedError, match=r"attempt limit.*502") as caught:
-        deliver(kind, _kwargs(pki, fake_time, stop=stop_after_attempt(3)), server.url(), b"{}")
+        deliver(kind, exact_kwargs(pki, fake_time, stop=stop_after_attempt(3)), server.url(), b"{}")
     assert fake_time.sleeps == [1.0, 2.0]
     result = caught.value.result
     assert result is not None
