@@ -27,8 +27,6 @@ from typing import Any, cast
 __all__ = ["discover", "format_table", "main"]
 
 Row = dict[str, object]
-# Modules written before the QUICK_ARGV convention: their smoke-run arguments.
-_KNOWN_QUICK_ARGV = {"bench.bench_sender": ["--deliveries", "30", "--rounds", "1"]}
 _COLUMNS = ("bench", "case", "value", "unit", "target", "verdict", "note")
 
 
@@ -95,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in modules:
         module = importlib.import_module(name)
         run = cast("Callable[[list[str]], list[Row]]", module.main)
-        quick: list[str] = getattr(module, "QUICK_ARGV", _KNOWN_QUICK_ARGV.get(name, ["--quick"]))
+        quick: list[str] = getattr(module, "QUICK_ARGV", ["--quick"])
         print(f"== {name} {' '.join(quick) if args.quick else ''}".rstrip(), flush=True)
         module_started = time.monotonic()
         # Each module prints its own table too; the combined one below is what counts.
