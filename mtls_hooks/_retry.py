@@ -232,8 +232,11 @@ class RetryPolicy:
         stop: a tenacity stop (``stop_after_attempt(8)``); the deadline is added to it.
         wait: a tenacity wait; :class:`wait_retry_after` around :class:`wait_backoff`.
         retry: a tenacity retry predicate over :class:`AttemptFailed`.
-        attempt_timeout_s: bound on each try (httpx: each of connect, write, read and pool
-            wait; aiohttp: the whole try). Always capped by the time left before the deadline.
+        attempt_timeout_s: bound on each try, always capped by the time left before the
+            deadline. Both twins stop reading an answer still arriving when it is spent;
+            a single blocking step (connect, write, one read, pool wait) is bounded by it
+            too, so a try may overrun it by at most one such step (httpx) or not at all
+            (aiohttp's total timeout).
         deadline_s: bound on the whole delivery, tries and waits; ``None`` for no bound.
     """
 

@@ -117,7 +117,7 @@ class AsyncWebhookSender(_SenderBase):
 
     async def _attempt(self, delivery: _Delivery) -> None:
         headers = self._sign(delivery)
-        timeout = self._timeout_s(delivery)
+        timeout, up_at = self._budget(delivery)
         started = time.perf_counter()
         status: int
         answer_headers: Mapping[str, str]
@@ -128,7 +128,7 @@ class AsyncWebhookSender(_SenderBase):
                     "POST", delivery.url, content=delivery.body, headers=headers, timeout=timeout
                 ) as response:
                     async for chunk in response.aiter_raw():
-                        if self._keep(kept, chunk):
+                        if self._keep(kept, chunk, up_at):
                             break
                 status, answer_headers = response.status_code, response.headers
             else:
@@ -147,7 +147,7 @@ class AsyncWebhookSender(_SenderBase):
                     status, answer_headers = answer.status, answer.headers
                     try:
                         async for chunk in answer.content.iter_any():
-                            if self._keep(kept, chunk):
+                            if self._keep(kept, chunk, up_at):
                                 break
                     finally:
                         if not answer.content.is_eof():

@@ -82,6 +82,7 @@ class WebhookSender(_SenderBase):
 
     def _attempt(self, delivery: _Delivery) -> None:
         headers = self._sign(delivery)
+        timeout, up_at = self._budget(delivery)
         started = time.perf_counter()
         kept = bytearray()
         try:
@@ -92,10 +93,10 @@ class WebhookSender(_SenderBase):
                 delivery.url,
                 content=delivery.body,
                 headers=headers,
-                timeout=self._timeout_s(delivery),
+                timeout=timeout,  # connect, write, read and pool wait: each step
             ) as response:
                 for chunk in response.iter_raw():
-                    if self._keep(kept, chunk):
+                    if self._keep(kept, chunk, up_at):  # the whole answer: see _budget
                         break
         except (httpx.HTTPError, OSError) as exc:
             raise self._failed(delivery, exc, time.perf_counter() - started) from exc

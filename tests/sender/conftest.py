@@ -107,6 +107,11 @@ class FakeTime:
         self.now += seconds
         self.elapsed += seconds
 
+    def advance(self, seconds: float) -> None:
+        """Move both clocks without a recorded sleep: time passing while a try runs."""
+        self.now += seconds
+        self.elapsed += seconds
+
     def kwargs(self) -> dict[str, Any]:
         return {"clock": self.time, "monotonic": self.monotonic, "sleep": self.sleep}
 

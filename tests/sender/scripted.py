@@ -13,10 +13,18 @@ import socket
 import ssl
 import struct
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Recorded", "Reset", "ScriptedServer", "Stall", "Status", "scripted_server"]
+__all__ = [
+    "Recorded",
+    "Reset",
+    "ScriptedServer",
+    "Stall",
+    "Status",
+    "Trickle",
+    "scripted_server",
+]
 
 
 @dataclass(frozen=True)
@@ -38,7 +46,21 @@ class Stall:
     """Read the request and never answer (until the server stops)."""
 
 
-Action = Status | Reset | Stall
+@dataclass(frozen=True)
+class Trickle:
+    """Answer ``code`` with a ``size``-byte body sent a byte at a time, ``interval_s`` apart.
+
+    ``before_byte`` runs before each byte: a test advances its fake clock there, so the
+    sender sees the body arriving slowly whatever the real pace.
+    """
+
+    code: int
+    size: int
+    before_byte: Callable[[], object] = lambda: None
+    interval_s: float = 0.02
+
+
+Action = Status | Reset | Stall | Trickle
 
 
 @dataclass(frozen=True)
@@ -134,12 +156,28 @@ class ScriptedServer:
         if isinstance(action, Stall):
             self._stop.wait()
             return False
+        if isinstance(action, Trickle):
+            return self._trickle(conn, action)
         head = f"HTTP/1.1 {action.code} Scripted\r\ncontent-length: {len(action.body)}\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in action.headers.items())
         try:
             conn.sendall(head.encode("latin-1") + b"\r\n")
             conn.sendall(action.body)  # not joined to the head: no copy of a large body
         except OSError:  # the sender stopped reading a large body and closed the connection
+            return False
+        return True
+
+    def _trickle(self, conn: ssl.SSLSocket, action: Trickle) -> bool:
+        try:
+            conn.sendall(
+                f"HTTP/1.1 {action.code} Scripted\r\ncontent-length: {action.size}\r\n\r\n".encode()
+            )
+            for _ in range(action.size):
+                action.before_byte()
+                conn.sendall(b"x")
+                if self._stop.wait(action.interval_s):
+                    return False
+        except OSError:  # the sender gave up on the answer and closed the connection
             return False
         return True
 

@@ -1,4 +1,4 @@
-"""Answers a third-party receiver controls: their size is capped, both twins alike."""
+"""Answers a third-party receiver controls: their size and time are capped, both twins alike."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import tracemalloc
 from collections.abc import Callable
 
 import pytest
+from tenacity import stop_after_attempt
 
+from mtls_hooks._errors import RetriesExhaustedError
 from mtls_hooks._outcomes import ANSWER_KEEP_BYTES
 from tests.sender.conftest import KINDS, FakeTime, SenderPki, deliver, exact_kwargs
-from tests.sender.scripted import ScriptedServer, Status
+from tests.sender.scripted import ScriptedServer, Status, Trickle
 
 Serve = Callable[..., ScriptedServer]
 
@@ -21,7 +23,9 @@ def test_huge_answers_are_capped_and_their_connections_dropped(
     kind: str, pki: SenderPki, fake_time: FakeTime, serve: Serve
 ) -> None:
     body = b"x" * HUGE_BYTES
-    server = serve([Status(503, body=body), Status(200, body=body)])
+    server = serve([Status(200), Status(503, body=body), Status(200, body=body)])
+    # A first delivery imports and sets up everything lazy, outside the measurement.
+    deliver(kind, exact_kwargs(pki, fake_time), server.url(), b"{}")
     tracemalloc.start()
     try:
         result = deliver(kind, exact_kwargs(pki, fake_time), server.url(), b"{}")
@@ -35,8 +39,45 @@ def test_huge_answers_are_capped_and_their_connections_dropped(
     # Reading either body whole would have allocated 8 MiB at least; the cap keeps 16 KiB.
     assert peak_bytes < HUGE_BYTES // 4
     # The half-read 503 closed its connection instead of returning it to the pool.
-    assert server.connections == 2
+    assert server.connections == 1 + 2
 
 
 def test_the_cap_covers_what_classification_reads() -> None:
     assert ANSWER_KEEP_BYTES >= 16 * 1024
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "policy",
+    [
+        pytest.param({"attempt_timeout_s": 2.0, "deadline_s": 300.0}, id="attempt-timeout"),
+        pytest.param({"attempt_timeout_s": 15.0, "deadline_s": 3.0}, id="deadline"),
+    ],
+)
+def test_trickling_answer_stops_within_the_budget(
+    kind: str,
+    policy: dict[str, float],
+    pki: SenderPki,
+    fake_time: FakeTime,
+    serve: Serve,
+) -> None:
+    budget_s = min(policy.values())  # the first try's: the whole deadline is left
+    # A byte per (fake) second for a minute: each read is quick, the answer is not.
+    server = serve([Trickle(200, size=60, before_byte=lambda: fake_time.advance(1.0))])
+    readings: list[float] = []
+
+    def monotonic() -> float:
+        readings.append(fake_time.monotonic())
+        return readings[-1]
+
+    kwargs = exact_kwargs(pki, fake_time, **policy, stop=stop_after_attempt(1))
+    with pytest.raises(RetriesExhaustedError, match="TimeoutError: no answer in time") as caught:
+        deliver(kind, {**kwargs, "monotonic": monotonic}, server.url(), b"{}")
+
+    assert caught.value.result is not None
+    (attempt,) = caught.value.result.attempts
+    assert (attempt.status_code, attempt.error) == (None, "TimeoutError")
+    # The first reading past the budget ended the try: bytes that arrived together make it
+    # later than the budget by a few seconds at most, the minute the answer takes never.
+    ended_at = min(r for r in readings if r >= budget_s)
+    assert ended_at <= budget_s + 5
