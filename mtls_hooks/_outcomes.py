@@ -179,11 +179,13 @@ def classify_exception(exc: BaseException, *, trust: str) -> AttemptFailed:
     """Judge a try that raised instead of answering.
 
     Args:
-        exc: the httpx, aiohttp, ssl or OS exception.
+        exc: the httpx, aiohttp, ssl or OS exception, or the ``ValueError`` (such as a
+            ``UnicodeError``) of a URL the library could not encode.
         trust: what verifies the receiver (the CA file), for the message.
 
     Returns:
-        The failure to raise: final for certificate problems, retryable otherwise.
+        The failure to raise: final for certificate problems and unusable URLs (kind
+        ``"url"``), retryable otherwise.
     """
     for inner in _cause_chain(exc):
         if isinstance(inner, aiohttp.ClientError):
@@ -192,6 +194,13 @@ def classify_exception(exc: BaseException, *, trust: str) -> AttemptFailed:
         if failure is not None:
             return failure
     name = type(exc).__name__
+    if isinstance(exc, httpx.InvalidURL | aiohttp.InvalidURL) or (
+        isinstance(exc, ValueError) and not isinstance(exc, OSError)
+    ):
+        # A URL (or header) the library cannot encode: UnicodeError from IDNA, httpx's
+        # InvalidURL. No retry can fix it. aiohttp's text is the URL itself: not repeated.
+        why = exc.description or name if isinstance(exc, aiohttp.InvalidURL) else str(exc)
+        return AttemptFailed(f"{name}: {why}", retryable=False, kind="url", error=name)
     text = str(exc) or name
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return AttemptFailed(

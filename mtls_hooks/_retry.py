@@ -59,7 +59,7 @@ class AttemptFailed(Exception):
         status_code: the receiver's status, ``None`` when no answer arrived.
         retry_after_s: seconds asked by the receiver's ``Retry-After`` (unclamped), if any.
         kind: a short code: ``"status"``, ``"redirect"``, ``"gone"``, ``"timeout"``,
-            ``"connect"``, ``"transport"``, ``"tls"``.
+            ``"connect"``, ``"transport"``, ``"tls"``, ``"url"`` (sent nothing).
         error: the class name of the underlying exception, ``None`` for a status.
         detail: what the attempt record shows: a body snippet, ``Retry-After``, the message.
     """

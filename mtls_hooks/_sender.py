@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import ipaddress
 import json
 import math
+import re
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
+import idna
 import tenacity
 from tenacity.stop import stop_base
 
@@ -87,9 +90,54 @@ class _Delivery:
     attempts: list[Attempt] = field(default_factory=list)
 
 
+_IPV4_LIKE: Final = re.compile(r"[0-9]+(?:\.[0-9]+){3}")
+_HOST_LABEL: Final = re.compile(r"[a-z0-9_-]{1,63}")  # urlsplit lower-cases the host
+
+
+def _host_problem(host: str) -> str | None:
+    """Say why neither twin could connect to ``host``, or return ``None``.
+
+    The twins' libraries refuse such hosts with their own exceptions, or worse, take them
+    to DNS and retry a connect error until the deadline: httpx encodes a name with IDNA
+    2008 (the ``idna`` package, its dependency and yarl's) and decodes ``xn--`` labels;
+    the socket module encodes with the ``idna`` codec, which refuses an empty or long label.
+    """
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return None
+    if ":" in host:
+        return "is not an IPv6 address"
+    if _IPV4_LIKE.fullmatch(host):
+        return "is not an IPv4 address"
+    name = host.removesuffix(".")  # one trailing dot: a fully qualified name
+    if not name.isascii():
+        try:
+            name = idna.encode(name).decode("ascii")
+        except ValueError as exc:  # idna.IDNAError is a UnicodeError
+            return f"is not an internationalised domain name ({exc})"
+    if len(name) > 253:
+        return "is longer than the 253 characters of a DNS name"
+    for label in name.split("."):
+        if not _HOST_LABEL.fullmatch(label):
+            return "needs labels of 1 to 63 letters, digits, '-' or '_', between single dots"
+        if label.startswith("xn--"):
+            try:
+                idna.decode(label)
+            except ValueError as exc:
+                return f"has a malformed punycode label {label!r} ({exc})"
+    return None
+
+
 @functools.lru_cache(maxsize=1024)  # senders post to few URLs, many times
 def _url_problem(url: str) -> str | None:
     """Say what makes ``url`` unfit for a webhook, or return ``None`` when it is fit."""
+    if not url.isprintable():
+        # httpx refuses control characters with InvalidURL, encoding fails on a lone
+        # surrogate, and a CR LF must never reach a request line.
+        return f"webhook URL {url!r} holds a control or unprintable character"
     try:
         parts = urlsplit(url)
         port = parts.port  # raises ValueError on a non-numeric or out-of-range port
@@ -97,6 +145,9 @@ def _url_problem(url: str) -> str | None:
         return f"webhook URL {url!r} is malformed: {exc}"
     if parts.scheme != "https" or not parts.hostname:
         return f"webhook URL must be https://host/...: {url!r}"
+    host_problem = _host_problem(parts.hostname)
+    if host_problem is not None:
+        return f"webhook URL {url!r}: host {parts.hostname!r} {host_problem}"
     # "https://host:/x": urlsplit and httpx both read an empty port as the default, 443,
     # which silently sends elsewhere than a URL with a lost port number meant.
     if parts.netloc.endswith(":"):
@@ -369,8 +420,16 @@ class _SenderBase:
     def _result(self, delivery: _Delivery, error: DeliveryError | None = None) -> DeliveryResult:
         return DeliveryResult(delivery.url, delivery.webhook_id, tuple(delivery.attempts), error)
 
-    def _final_error(self, delivery: _Delivery, failure: AttemptFailed) -> DeliveryError:
-        """Turn the last failed try into one of our errors, with the full result attached."""
+    def _final_error(
+        self, delivery: _Delivery, failure: AttemptFailed
+    ) -> DeliveryError | ConfigurationError:
+        """Turn the last failed try into one of our errors, with the full result attached.
+
+        A URL the HTTP library refused (``kind == "url"``, never retried) is a
+        ``ConfigurationError``, as if ``_url_problem`` had caught it: nothing was sent.
+        """
+        if failure.kind == "url":
+            return ConfigurationError(f"webhook URL {delivery.url!r} cannot be used: {failure}")
         error: DeliveryError
         if delivery.stop is not None and delivery.stop.fired:
             tries = len(delivery.attempts)

@@ -152,7 +152,7 @@ class AsyncWebhookSender(_SenderBase):
                     finally:
                         if not answer.content.is_eof():
                             answer.close()  # drop the rest with the connection, undrained
-        except (httpx.HTTPError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (httpx.HTTPError, aiohttp.ClientError, OSError, httpx.InvalidURL, ValueError) as exc:
             raise self._failed(delivery, exc, time.perf_counter() - started) from exc
         latency = time.perf_counter() - started
         self._answer(delivery, status, answer_headers, bytes(kept), latency)

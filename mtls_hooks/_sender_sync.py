@@ -98,7 +98,7 @@ class WebhookSender(_SenderBase):
                 for chunk in response.iter_raw():
                     if self._keep(kept, chunk, up_at):  # the whole answer: see _budget
                         break
-        except (httpx.HTTPError, OSError) as exc:
+        except (httpx.HTTPError, OSError, httpx.InvalidURL, ValueError) as exc:
             raise self._failed(delivery, exc, time.perf_counter() - started) from exc
         latency = time.perf_counter() - started
         self._answer(delivery, response.status_code, response.headers, bytes(kept), latency)
