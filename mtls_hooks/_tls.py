@@ -5,6 +5,9 @@ module sets a TLS option. Pinning is enforced inside the handshake: the contexts
 ``sslobject_class`` (asyncio, uvloop, anyio) and an ``sslsocket_class`` (blocking sockets)
 whose ``do_handshake`` checks the *verified* leaf against a :class:`PeerPolicy` and raises
 :class:`PinError` (an :class:`ssl.SSLError`) before one application byte is exchanged.
+
+A resumed TLS 1.2 session skips chain verification, CRL included: the leaf is then
+re-checked against the revocation list and the expiry the current context holds.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ class HandshakeRefusal:
 
     Attributes:
         reason: a short code (``"unpinned"``, ``"cert-verify-failed"``, ``"no-certificate"``,
-            ``"handshake-failed"``).
+            ``"handshake-failed"``; ``"revoked-on-resume"`` and ``"expired-on-resume"`` for a
+            resumed session whose certificate is now revoked or expired).
         detail: one human-readable line, never key material.
         identity: the verified peer identity, when the chain verified but pins did not match.
     """
@@ -73,11 +77,14 @@ class PinningContext(ssl.SSLContext):
         on_refusal: called with every refused handshake, for logging.
         description: what this context verifies against, used in error messages
             (for example ``"ca.pem"``).
+        revoked: ``(issuer, serial)`` of every certificate the loaded CRLs revoke, checked
+            on resumed sessions, which skip OpenSSL's own CRL check.
     """
 
     peer_policy: PeerPolicy | None = None
     on_refusal: RefusalHook | None = None
     description: str = "the system trust store"
+    revoked: frozenset[tuple[x509.Name, int]] = frozenset()
 
 
 def _classify(exc: ssl.SSLError) -> HandshakeRefusal:
@@ -91,8 +98,37 @@ def _classify(exc: ssl.SSLError) -> HandshakeRefusal:
     return HandshakeRefusal("handshake-failed", reason.lower().replace("_", " "))
 
 
+def _check_resumed(conn: ssl.SSLObject | ssl.SSLSocket) -> None:
+    """Refuse a resumed session whose leaf is now revoked or expired.
+
+    OpenSSL verifies the chain (and the CRL) on full handshakes only; a resumption restores
+    the peer certificate from the session cache without looking at it again. ``OP_NO_TICKET``
+    does not help: the server's session-ID cache stays on, lives on the listening context
+    across reloads, and Python's ``ssl`` does not expose ``SSL_CTX_set_session_cache_mode``
+    (https://docs.openssl.org/3.0/man3/SSL_CTX_set_session_cache_mode/). ``conn.context``
+    is the snapshot the reload ``sni_callback`` selected for this handshake, so its
+    ``revoked`` set is the CRL in force now, not the one of the original handshake.
+    """
+    der = conn.getpeercert(binary_form=True)
+    if der is None:
+        return  # the session had no peer certificate: _enforce_policy refuses it if pinned
+    cert = x509.load_der_x509_certificate(der)
+    revoked: frozenset[tuple[x509.Name, int]] = getattr(conn.context, "revoked", frozenset())
+    if (cert.issuer, cert.serial_number) in revoked:
+        reason, why = "revoked-on-resume", "resumed session of a revoked certificate"
+    elif cert.not_valid_after_utc < dt.datetime.now(dt.UTC):
+        reason, why = "expired-on-resume", "resumed session of an expired certificate"
+    else:
+        return
+    identity = PeerIdentity.from_der(der)
+    _report(conn, HandshakeRefusal(reason, why, identity))
+    raise PinError(why, reason=reason, subject=identity.subject, spki_pin=identity.spki_pin)
+
+
 def _enforce_policy(conn: ssl.SSLObject | ssl.SSLSocket) -> None:
     context = conn.context
+    if conn.session_reused:
+        _check_resumed(conn)
     policy = getattr(context, "peer_policy", None)
     if policy is None:
         return
@@ -254,8 +290,10 @@ def create_server_context(
     cas, crls = load_client_ca(client_ca, crl)
     context = PinningContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(context)
-    # A server never needs tickets: without them every connection presents, and is checked
-    # with, its current certificate, so a revoked or unpinned client cannot resume.
+    # No session tickets: they would carry the session outside our control. This does not
+    # stop resumption: OpenSSL's server session-ID cache stays on (Python cannot turn it
+    # off), and a resumed TLS 1.2 session skips chain and CRL verification. _check_resumed
+    # re-checks such a leaf against `revoked` and its expiry; the pins are re-checked too.
     context.options |= ssl.OP_NO_TICKET | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.num_tickets = 0
     _load_cert_chain(context, certfile, keyfile, key_password)
@@ -272,6 +310,7 @@ def create_server_context(
     context.peer_policy = peer_policy
     context.on_refusal = on_refusal
     context.description = ", ".join(os.fspath(p) for p in client_ca)
+    context.revoked = frozenset((crl.issuer, entry.serial_number) for crl in crls for entry in crl)
     return context
 
 
@@ -397,16 +436,18 @@ def tls_extension(ssl_object: ssl.SSLObject, server_cert_pem: str | None) -> dic
 
     ``client_cert_chain`` is leaf first, PEM. Python 3.11 exposes the verified chain only
     through the private ``_sslobj.get_verified_chain()`` (public from 3.13); the leaf alone
-    is used when that is unavailable.
+    is used when that is unavailable, and on a resumed session, for which OpenSSL keeps the
+    peer certificate but no verified chain (the getter returns ``None``).
     """
     chain_pem: list[str] = []
     getter = getattr(ssl_object, "get_verified_chain", None) or getattr(
         getattr(ssl_object, "_sslobj", None), "get_verified_chain", None
     )
-    if getter is not None:
+    chain = getter() if getter is not None else None
+    if chain:
         chain_pem = [
             cert.public_bytes(ssl._ssl.ENCODING_PEM)  # type: ignore[attr-defined]
-            for cert in getter()
+            for cert in chain
         ]
     else:
         leaf = ssl_object.getpeercert(binary_form=True)
