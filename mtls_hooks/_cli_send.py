@@ -16,6 +16,7 @@ from typing import Any
 from tenacity import stop_after_attempt
 
 from mtls_hooks._errors import ConfigurationError
+from mtls_hooks._results import redact_url
 from mtls_hooks._retry import RetryPolicy
 from mtls_hooks._sender_sync import WebhookSender
 
@@ -174,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             args.url, payload, event_type=args.event_type, webhook_id=args.webhook_id
         )
     print(
-        f"delivered {result.webhook_id} to {result.url}: {result.status_code} after "
+        f"delivered {result.webhook_id} to {redact_url(result.url)}: {result.status_code} after "
         f"{len(result.attempts)} attempt(s) in {result.elapsed_s:.2f} s"
     )
     for attempt in result.attempts:

@@ -26,6 +26,7 @@ import httpx
 
 from mtls_hooks._errors import PinError
 from mtls_hooks._problem import PROBLEM_CONTENT_TYPE
+from mtls_hooks._results import redact_url
 from mtls_hooks._retry import RETRYABLE_STATUS_CODES, AttemptFailed, parse_retry_after
 
 __all__ = ["ANSWER_KEEP_BYTES", "classify_exception", "classify_status"]
@@ -119,11 +120,11 @@ def classify_status(
         if retry_after_s is not None:
             detail = f"Retry-After {headers.get('retry-after')}"
     if status == 410:
-        kind, message = "gone", f"endpoint gone (410) at {url}: stop sending to it"
+        kind, message = "gone", f"endpoint gone (410) at {redact_url(url)}: stop sending to it"
     elif 300 <= status < 400:
         kind = "redirect"
         message = (
-            f"receiver answered {status} (Location: {headers.get('location', '-')}); "
+            f"receiver answered {status} (Location: {redact_url(headers.get('location', '-'))}); "
             "redirects are never followed: update the endpoint URL"
         )
     else:
@@ -200,8 +201,9 @@ def classify_exception(exc: BaseException, *, trust: str) -> AttemptFailed:
         # A URL (or header) the library cannot encode: UnicodeError from IDNA, httpx's
         # InvalidURL. No retry can fix it. aiohttp's text is the URL itself: not repeated.
         why = exc.description or name if isinstance(exc, aiohttp.InvalidURL) else str(exc)
-        return AttemptFailed(f"{name}: {why}", retryable=False, kind="url", error=name)
-    text = str(exc) or name
+        return AttemptFailed(f"{name}: {redact_url(why)}", retryable=False, kind="url", error=name)
+    # Library messages may quote the URL (aiohttp's request info): never its password.
+    text = redact_url(str(exc)) or name
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return AttemptFailed(
             f"{name}: no answer in time", retryable=True, kind="timeout", error=name

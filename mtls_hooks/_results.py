@@ -8,14 +8,41 @@ each field through ``object.__setattr__``), which matters next to a ~200 µs aio
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, NamedTuple, TypeAlias
+import re
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple, TypeAlias
 
 if TYPE_CHECKING:
     from mtls_hooks._errors import DeliveryError
 
-__all__ = ["Attempt", "DeliveryResult", "WaitReason"]
+__all__ = ["Attempt", "DeliveryResult", "WaitReason", "redact_url"]
 
 WaitReason: TypeAlias = Literal["backoff", "retry-after"]
+
+# "//user:password@" up to the authority's last "@" (urlsplit's reading of "a:p@ss@host").
+_USERINFO: Final = re.compile(r"//([^/?#@\s:]*)(:[^/?#\s]*)?@")
+
+
+def _hide(match: re.Match[str]) -> str:
+    return f"//{match[1]}:***@" if match[2] is not None else "//***@"
+
+
+def redact_url(text: str) -> str:
+    """Hide the password of every URL in ``text``: ``https://alice:***@host/``.
+
+    A webhook URL may carry credentials (httpx and aiohttp send them as Basic auth); every
+    repr, message and log line showing a URL goes through here. A userinfo without a colon
+    may be a token itself (``https://<token>@host/``): it shows as ``***``. Takes malformed
+    URLs and whole messages quoting URLs alike, and never raises.
+
+    Args:
+        text: a URL, or any text that may quote one.
+
+    Returns:
+        ``text`` with each URL's userinfo password (or lone userinfo) replaced by ``***``.
+    """
+    if "@" not in text:
+        return text
+    return _USERINFO.sub(_hide, text)
 
 
 class Attempt(NamedTuple):
@@ -56,7 +83,7 @@ class DeliveryResult(NamedTuple):
     """The outcome of one webhook delivery, with every attempt.
 
     Attributes:
-        url: where it was sent.
+        url: where it was sent, as given (its repr hides a password: see ``redact_url``).
         webhook_id: the ``webhook-id`` used on every attempt.
         attempts: the tries, oldest first.
         error: the failure, ``None`` when the receiver answered 2xx. ``send`` raises it;
@@ -97,6 +124,6 @@ class DeliveryResult(NamedTuple):
         # The default repr would recurse through error.result back to this record.
         status = "ok" if self.ok else type(self.error).__name__
         return (
-            f"DeliveryResult(url={self.url!r}, webhook_id={self.webhook_id!r}, "
+            f"DeliveryResult(url={redact_url(self.url)!r}, webhook_id={self.webhook_id!r}, "
             f"status_code={self.status_code}, attempts={len(self.attempts)}, {status})"
         )

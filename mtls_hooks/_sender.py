@@ -39,7 +39,7 @@ from mtls_hooks._errors import (
 )
 from mtls_hooks._outcomes import ANSWER_KEEP_BYTES, classify_exception, classify_status
 from mtls_hooks._policy import PeerPolicy
-from mtls_hooks._results import Attempt, DeliveryResult
+from mtls_hooks._results import Attempt, DeliveryResult, redact_url
 from mtls_hooks._retry import AttemptFailed, RetryPolicy, stop_before_deadline
 from mtls_hooks._signing import Signer, SigningKey, parse_key
 from mtls_hooks._tls import PathLike, create_client_context
@@ -62,6 +62,12 @@ class WebhookMessage(NamedTuple):
     event_type: str | None = None
     webhook_id: str | None = None
 
+    def __repr__(self) -> str:
+        return (
+            f"WebhookMessage(url={redact_url(self.url)!r}, payload={self.payload!r}, "
+            f"event_type={self.event_type!r}, webhook_id={self.webhook_id!r})"
+        )
+
 
 class _RecordingStop(stop_base):
     """Remembers whether the stop ended the retries, rather than the retry predicate.
@@ -81,7 +87,7 @@ class _RecordingStop(stop_base):
 
 @dataclass(slots=True)
 class _Delivery:
-    url: str
+    url: str = field(repr=False)  # may hold a password
     body: bytes
     webhook_id: str
     deadline_at: float | None  # a reading of the sender's monotonic clock
@@ -133,27 +139,32 @@ def _host_problem(host: str) -> str | None:
 
 @functools.lru_cache(maxsize=1024)  # senders post to few URLs, many times
 def _url_problem(url: str) -> str | None:
-    """Say what makes ``url`` unfit for a webhook, or return ``None`` when it is fit."""
+    """Say what makes ``url`` unfit for a webhook, or return ``None`` when it is fit.
+
+    Userinfo is allowed (the HTTP libraries send it as Basic auth); no message shows its
+    password.
+    """
+    shown = redact_url(url)
     if not url.isprintable():
         # httpx refuses control characters with InvalidURL, encoding fails on a lone
         # surrogate, and a CR LF must never reach a request line.
-        return f"webhook URL {url!r} holds a control or unprintable character"
+        return f"webhook URL {shown!r} holds a control or unprintable character"
     try:
         parts = urlsplit(url)
         port = parts.port  # raises ValueError on a non-numeric or out-of-range port
     except ValueError as exc:
-        return f"webhook URL {url!r} is malformed: {exc}"
+        return f"webhook URL {shown!r} is malformed: {exc}"
     if parts.scheme != "https" or not parts.hostname:
-        return f"webhook URL must be https://host/...: {url!r}"
+        return f"webhook URL must be https://host/...: {shown!r}"
     host_problem = _host_problem(parts.hostname)
     if host_problem is not None:
-        return f"webhook URL {url!r}: host {parts.hostname!r} {host_problem}"
+        return f"webhook URL {shown!r}: host {parts.hostname!r} {host_problem}"
     # "https://host:/x": urlsplit and httpx both read an empty port as the default, 443,
     # which silently sends elsewhere than a URL with a lost port number meant.
     if parts.netloc.endswith(":"):
-        return f"webhook URL {url!r} has an empty port: give one (https://host:8443/...) or none"
+        return f"webhook URL {shown!r} has an empty port: give one (https://host:8443/...) or none"
     if port == 0:
-        return f"webhook URL {url!r}: port 0 cannot be connected to"
+        return f"webhook URL {shown!r}: port 0 cannot be connected to"
     return None
 
 
@@ -429,7 +440,8 @@ class _SenderBase:
         ``ConfigurationError``, as if ``_url_problem`` had caught it: nothing was sent.
         """
         if failure.kind == "url":
-            return ConfigurationError(f"webhook URL {delivery.url!r} cannot be used: {failure}")
+            shown = redact_url(delivery.url)
+            return ConfigurationError(f"webhook URL {shown!r} cannot be used: {failure}")
         error: DeliveryError
         if delivery.stop is not None and delivery.stop.fired:
             tries = len(delivery.attempts)
