@@ -5,6 +5,8 @@ module sets a TLS option. Pinning is enforced inside the handshake: the contexts
 ``sslobject_class`` (asyncio, uvloop, anyio) and an ``sslsocket_class`` (blocking sockets)
 whose ``do_handshake`` checks the *verified* leaf against a :class:`PeerPolicy` and raises
 :class:`PinError` (an :class:`ssl.SSLError`) before one application byte is exchanged.
+``read`` and ``write`` run the same check when they, not ``do_handshake``, finish the
+handshake (``do_handshake_on_connect=False``, or ``SSLObject.read`` first).
 
 A resumed TLS 1.2 session skips chain verification, CRL included: the leaf is then
 re-checked against the revocation list and the expiry the current context holds.
@@ -155,7 +157,24 @@ def _report(conn: ssl.SSLObject | ssl.SSLSocket, refusal: HandshakeRefusal) -> N
         hook(conn, refusal)
 
 
-def _handshake(conn: ssl.SSLObject | ssl.SSLSocket, do_handshake: Callable[[], None]) -> None:
+def _run_policy_once(conn: _PinningSSLObject | _PinningSSLSocket) -> None:
+    # A refused check is remembered: later reads and writes fail the same way (and are
+    # not logged twice) instead of exchanging data.
+    if conn._mtls_refusal is not None:
+        raise conn._mtls_refusal
+    if conn._mtls_policy_checked:
+        return
+    try:
+        _enforce_policy(conn)
+    except ssl.SSLError as exc:
+        conn._mtls_refusal = exc
+        raise
+    conn._mtls_policy_checked = True
+
+
+def _handshake(
+    conn: _PinningSSLObject | _PinningSSLSocket, do_handshake: Callable[[], None]
+) -> None:
     try:
         do_handshake()
     except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
@@ -163,17 +182,74 @@ def _handshake(conn: ssl.SSLObject | ssl.SSLSocket, do_handshake: Callable[[], N
     except ssl.SSLError as exc:
         _report(conn, _classify(exc))
         raise
-    _enforce_policy(conn)
+    _run_policy_once(conn)
+
+
+def _read_checked(conn: _PinningSSLObject | _PinningSSLSocket, read: Callable[[], Any]) -> Any:
+    if conn._mtls_refusal is not None:
+        raise conn._mtls_refusal
+    data = read()
+    # version() is None until SSL_is_init_finished(); the read may have just finished the
+    # handshake, and its data is returned only if the check passes.
+    if conn.version() is not None:
+        _run_policy_once(conn)
+    return data
 
 
 class _PinningSSLObject(ssl.SSLObject):
+    # SSL_read and SSL_write finish a pending handshake themselves ("implicit handshake",
+    # https://docs.openssl.org/3.0/man3/SSL_read/), so they are guarded too: read returns
+    # nothing before the check passed, write sends nothing before it ran. Once it passed,
+    # the cost is one attribute test per call.
+    _mtls_policy_checked: bool = False
+    _mtls_refusal: ssl.SSLError | None = None
+
     def do_handshake(self) -> None:
         _handshake(self, super().do_handshake)
 
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        if self._mtls_policy_checked:
+            return super().read(len, buffer)
+        return _read_checked(self, lambda: super(_PinningSSLObject, self).read(len, buffer))
+
+    def write(self, data: Any) -> int:
+        if not self._mtls_policy_checked:
+            # Finish the handshake, and the check, before a byte is encrypted; raises
+            # SSLWantReadError exactly as an early write() would.
+            self.do_handshake()
+        return super().write(data)
+
 
 class _PinningSSLSocket(ssl.SSLSocket):
+    # CPython 3.11 Lib/ssl.py: recv and recv_into call self.read(); send calls
+    # self._sslobj.write() directly, and sendall and sendfile call self.send(). Guarding
+    # read, write and send covers them all, as for _PinningSSLObject.
+    _mtls_policy_checked: bool = False
+    _mtls_refusal: ssl.SSLError | None = None
+
     def do_handshake(self, block: bool = False) -> None:
         _handshake(self, lambda: super(_PinningSSLSocket, self).do_handshake(block))
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        if self._mtls_policy_checked:
+            return super().read(len, buffer)
+        return _read_checked(self, lambda: super(_PinningSSLSocket, self).read(len, buffer))
+
+    def write(self, data: Any) -> int:
+        if not self._mtls_policy_checked:
+            self._handshake_before_sending()
+        return super().write(data)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        if not self._mtls_policy_checked:
+            self._handshake_before_sending()
+        return super().send(data, flags)
+
+    def _handshake_before_sending(self) -> None:
+        # Without an SSL object (closed, unwrapped, or not connected yet) the stdlib call
+        # raises or sends in clear, as it would without us.
+        if getattr(self, "_sslobj", None) is not None:
+            self.do_handshake()
 
 
 PinningContext.sslobject_class = _PinningSSLObject
