@@ -112,8 +112,9 @@ def _parse_spiffe_prefix(uri: str) -> _SpiffePrefix:
 class PeerPolicy:
     """The set of peers allowed past chain verification.
 
-    Build it with :meth:`from_rules`; test it with :meth:`check` or :meth:`allows`.
-    An empty policy allows nobody unless ``allow_any`` is set.
+    Build it with :meth:`from_rules` (or directly, with pins in any accepted form); test it
+    with :meth:`check` or :meth:`allows`. An empty policy allows nobody unless ``allow_any``
+    is set.
 
     Attributes:
         spki_pins: canonical ``sha256/<base64>`` pins.
@@ -134,7 +135,24 @@ class PeerPolicy:
     spiffe_prefixes: tuple[_SpiffePrefix, ...] = ()
     subjects: frozenset[str] = frozenset()
     allow_any: bool = False
-    _pin_bytes: tuple[bytes, ...] = field(default=(), repr=False, compare=False)
+    _pin_bytes: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Normalise pins and derive the byte form :meth:`check` compares.
+
+        Runs for every construction (direct, :meth:`from_rules`, :meth:`merged`,
+        :func:`dataclasses.replace`), so the compared pins never drift from ``spki_pins``.
+
+        Raises:
+            ConfigurationError: on a malformed SPKI pin or fingerprint.
+        """
+        spki = frozenset(normalize_spki_pin(pin) for pin in self.spki_pins)
+        fingerprints = frozenset(normalize_fingerprint(fp) for fp in self.fingerprints)
+        # object.__setattr__: the documented way to set fields of a frozen dataclass in
+        # __post_init__ (https://docs.python.org/3/library/dataclasses.html#frozen-instances).
+        object.__setattr__(self, "spki_pins", spki)
+        object.__setattr__(self, "fingerprints", fingerprints)
+        object.__setattr__(self, "_pin_bytes", tuple(p.encode("ascii") for p in sorted(spki)))
 
     @classmethod
     def from_rules(
@@ -190,7 +208,6 @@ class PeerPolicy:
             spiffe_prefixes=tuple(prefixes),
             subjects=frozenset(rules["subject"]),
             allow_any=allow_any,
-            _pin_bytes=tuple(p.encode("ascii") for p in sorted(spki)),
         )
 
     @property
@@ -252,5 +269,4 @@ class PeerPolicy:
             spiffe_prefixes=self.spiffe_prefixes + other.spiffe_prefixes,
             subjects=self.subjects | other.subjects,
             allow_any=self.allow_any or other.allow_any,
-            _pin_bytes=tuple(p.encode("ascii") for p in sorted(self.spki_pins | other.spki_pins)),
         )
