@@ -290,7 +290,8 @@ def load_client_ca(
 
     Raises:
         ConfigurationError: unreadable or empty files, a CRL whose signature no CA verifies,
-            an expired CRL, or (when CRLs are given) a client CA without a CRL.
+            an expired CRL, or (when CRLs are given) any client CA without a CRL, whether
+            it issues client certificates or only intermediate CAs.
     """
     if not ca_files:
         raise ConfigurationError("no client CA configured: mTLS needs client_ca")
@@ -324,14 +325,16 @@ def load_client_ca(
         crls.append(crl)
     if crls:
         covered = {crl.issuer for crl in crls}
-        # A CA that only signs other CAs in the bundle never issues a leaf, and
-        # VERIFY_CRL_CHECK_LEAF only consults the leaf issuer's CRL.
-        signs_cas = {ca.issuer for ca in cas if ca.issuer != ca.subject}
+        # Every CA, not only those that look like leaf issuers: a root that signs an
+        # intermediate may also issue client certificates itself, and those would all fail
+        # at runtime. Whether a CA issues leaves cannot be told from the bundle, so each CA
+        # needs a CRL (an empty one for a CA that revoked nothing).
         for ca in cas:
-            if ca.subject not in covered and ca.subject not in signs_cas:
+            if ca.subject not in covered:
                 raise ConfigurationError(
                     f"client CA {ca.subject.rfc4514_string()!r} has no CRL: with CRL checking "
-                    "on, OpenSSL rejects every client it issued; add its CRL"
+                    "on, OpenSSL rejects every client certificate it issues directly, so "
+                    "every CA in the client CA bundle needs one; add its CRL"
                 )
     return cas, crls
 
@@ -353,7 +356,7 @@ def create_server_context(
         certfile: server certificate chain (PEM, leaf first).
         keyfile: server private key (PEM).
         client_ca: PEM bundles of the CAs that issue client certificates.
-        crl: CRLs (PEM or DER) of those CAs; each leaf-issuing CA then needs one.
+        crl: CRLs (PEM or DER) of those CAs; every CA in ``client_ca`` then needs one.
         peer_policy: pins and identity rules; ``None`` admits any CA-verified client.
         key_password: passphrase of an encrypted ``keyfile``.
         alpn_protocols: offered ALPN protocols (HTTP/2 first).
