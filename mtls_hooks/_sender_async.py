@@ -124,9 +124,18 @@ class AsyncWebhookSender(_SenderBase):
         kept = bytearray()  # only the start of the body: see _SenderBase._keep
         try:
             if self._httpx is not None:
-                async with self._httpx.stream(
-                    "POST", delivery.url, content=delivery.body, headers=headers, timeout=timeout
-                ) as response:
+                # httpx's timeouts bound each read, so headers trickled a byte per read would
+                # stretch the try: asyncio's timeout bounds all of it, as aiohttp's total does.
+                async with (
+                    asyncio.timeout(timeout),
+                    self._httpx.stream(
+                        "POST",
+                        delivery.url,
+                        content=delivery.body,
+                        headers=headers,
+                        timeout=timeout,
+                    ) as response,
+                ):
                     async for chunk in response.aiter_raw():
                         if self._keep(kept, chunk, up_at):
                             break

@@ -58,6 +58,7 @@ class Trickle:
     size: int
     before_byte: Callable[[], object] = lambda: None
     interval_s: float = 0.02
+    slow_head: bool = False  # the status line and headers a byte at a time too
 
 
 Action = Status | Reset | Stall | Trickle
@@ -168,13 +169,14 @@ class ScriptedServer:
         return True
 
     def _trickle(self, conn: ssl.SSLSocket, action: Trickle) -> bool:
+        head = f"HTTP/1.1 {action.code} Scripted\r\ncontent-length: {action.size}\r\n\r\n"
+        slow = head.encode() if action.slow_head else b""
         try:
-            conn.sendall(
-                f"HTTP/1.1 {action.code} Scripted\r\ncontent-length: {action.size}\r\n\r\n".encode()
-            )
-            for _ in range(action.size):
+            if not action.slow_head:
+                conn.sendall(head.encode())
+            for byte in slow + b"x" * action.size:
                 action.before_byte()
-                conn.sendall(b"x")
+                conn.sendall(bytes([byte]))
                 if self._stop.wait(action.interval_s):
                     return False
         except OSError:  # the sender gave up on the answer and closed the connection

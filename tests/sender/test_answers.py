@@ -81,3 +81,19 @@ def test_trickling_answer_stops_within_the_budget(
     # later than the budget by a few seconds at most, the minute the answer takes never.
     ended_at = min(r for r in readings if r >= budget_s)
     assert ended_at <= budget_s + 5
+
+
+def test_async_httpx_bounds_trickled_headers(
+    pki: SenderPki, fake_time: FakeTime, serve: Serve
+) -> None:
+    # http2=True takes httpx (HTTP/1.1 here: the scripted server offers no h2), whose
+    # per-read timeouts alone would wait out all the slow header bytes. asyncio's timeout
+    # runs on the event loop's real clock, so this bound is in real time, with 3x slack.
+    server = serve([Trickle(200, size=60, interval_s=0.05, slow_head=True)])
+    kwargs = exact_kwargs(pki, fake_time, attempt_timeout_s=0.5, stop=stop_after_attempt(1))
+    with pytest.raises(RetriesExhaustedError, match="TimeoutError: no answer in time") as caught:
+        deliver("async", {**kwargs, "http2": True}, server.url(), b"{}")
+    assert caught.value.result is not None
+    (attempt,) = caught.value.result.attempts
+    assert attempt.error == "TimeoutError"
+    assert attempt.latency_s < 3 * 0.5
