@@ -5,6 +5,10 @@ With ``workers > 1`` the parent binds the listening sockets once and spawns the 
 the asyncio server on the shared sockets with its own TLS material, SIGHUP reload and file
 watch. The parent forwards SIGHUP to every worker by PID, turns SIGINT/SIGTERM into a
 graceful shutdown, and reports a worker that died on its own as a failure.
+
+A worker is born with SIGHUP blocked and unblocks it once its reload handler is installed:
+a SIGHUP during start-up (forwarded, or sent to the process group) waits in the kernel and
+becomes one reload when the worker is ready, instead of killing it (default action).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import Any
 
@@ -96,26 +100,48 @@ def serve(
         logging.basicConfig(
             level=config.log_level, format="%(asctime)s [%(process)d] %(name)s %(message)s"
         )
-    if config.workers == 1:
-        target = load_app(app) if isinstance(app, str) else app
+    with _sighup_held() as release:
+        if config.workers == 1:
+            target = load_app(app) if isinstance(app, str) else app
 
-        def _ready() -> None:
-            if ready is not None:
-                ready((os.getpid(),))
+            def _ready() -> None:
+                release()  # the reload handler is installed: a held SIGHUP reloads now
+                if ready is not None:
+                    ready((os.getpid(),))
 
-        asyncio.run(serve_async(target, config, sockets=sockets, ready=_ready))
-        return 0
-    if threading.current_thread() is not threading.main_thread():
-        raise ConfigurationError("serve() with workers > 1 must run in the main thread")
-    spec = app if isinstance(app, str) else _spec_of(app)
-    load_app(spec)  # fail in the parent, with one clear line, not N times in workers
-    config.check_files()  # the same for the TLS material
-    listening = list(sockets) if sockets is not None else create_sockets(config)
+            asyncio.run(serve_async(target, config, sockets=sockets, ready=_ready))
+            return 0
+        if threading.current_thread() is not threading.main_thread():
+            raise ConfigurationError("serve() with workers > 1 must run in the main thread")
+        spec = app if isinstance(app, str) else _spec_of(app)
+        load_app(spec)  # fail in the parent, with one clear line, not N times in workers
+        config.check_files()  # the same for the TLS material
+        listening = list(sockets) if sockets is not None else create_sockets(config)
+        try:
+            return _supervise(spec, config, listening, ready, release)
+        finally:
+            for sock in listening:
+                sock.close()
+
+
+@contextlib.contextmanager
+def _sighup_held() -> Iterator[Callable[[], None]]:
+    """Block SIGHUP in this thread until the returned ``release`` is called, or the block ends.
+
+    SIGHUP asks for a reload, but until the reload handler is installed its default action
+    terminates the process. Blocked, a SIGHUP waits in the kernel and is delivered (once,
+    however many arrived) on release (https://man7.org/linux/man-pages/man7/signal.7.html,
+    "Signal mask and pending signals").
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+
+    def release() -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
     try:
-        return _supervise(spec, config, listening, ready)
+        yield release
     finally:
-        for sock in listening:
-            sock.close()
+        release()
 
 
 def _worker_main(
@@ -124,6 +150,9 @@ def _worker_main(
     sockets: list[socket.socket],
     ready: multiprocessing.connection.Connection,
 ) -> None:
+    # SIGHUP is already blocked since the spawn (see _start_worker); blocked here too, first
+    # of all, in case a start method did not carry the parent's signal mask over.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     # A spawned worker starts with no logging configuration of its own.
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s [%(process)d] %(name)s %(message)s"
@@ -131,10 +160,35 @@ def _worker_main(
     app = load_app(spec)
 
     def _ready() -> None:
+        # serve_async installed the SIGHUP reload handler before the server became ready: a
+        # SIGHUP that arrived meanwhile is delivered (one reload) right here.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         ready.send(os.getpid())
         ready.close()
 
     asyncio.run(serve_async(app, config, sockets=sockets, ready=_ready))
+
+
+def _start_worker(
+    ctx: Any, spec: str, config: ServerConfig, sockets: list[socket.socket], workers: list[Any]
+) -> multiprocessing.connection.Connection:
+    """Spawn one worker and add it to ``workers``; return the pipe it reports readiness on."""
+    reader: multiprocessing.connection.Connection
+    reader, writer = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_worker_main, args=(spec, config, sockets, writer), daemon=False)
+    # The signal mask survives fork and exec (sigprocmask(2), execve(2)): the worker starts
+    # with SIGHUP blocked, so a SIGHUP that arrives before its handler exists cannot kill it
+    # (https://man7.org/linux/man-pages/man7/signal.7.html, "Signal mask and pending
+    # signals"). The parent's own SIGHUP waits the few milliseconds of start() and is
+    # forwarded on unblocking, to this worker too: it is in `workers` by then.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        proc.start()
+        workers.append(proc)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        writer.close()
+    return reader
 
 
 def _supervise(
@@ -142,6 +196,7 @@ def _supervise(
     config: ServerConfig,
     sockets: list[socket.socket],
     ready: ReadyCallback | None,
+    release_sighup: Callable[[], None],
 ) -> int:
     ctx = multiprocessing.get_context("spawn")
     workers: list[Any] = []
@@ -161,17 +216,12 @@ def _supervise(
         signum: signal.signal(signum, _forward)
         for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
     }
+    release_sighup()  # a SIGHUP held since serve() started is forwarded (or moot) now
     status = 0
     try:
         for _ in range(config.workers):
-            reader, writer = ctx.Pipe(duplex=False)
-            proc = ctx.Process(
-                target=_worker_main, args=(spec, config, sockets, writer), daemon=False
-            )
-            proc.start()
-            writer.close()
-            workers.append(proc)
-            pending[reader] = proc
+            reader = _start_worker(ctx, spec, config, sockets, workers)
+            pending[reader] = workers[-1]
         pids: list[int] = []
         while not stopping:
             waitables: list[Any] = [*pending, *(p.sentinel for p in workers)]
