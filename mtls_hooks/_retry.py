@@ -233,10 +233,12 @@ class RetryPolicy:
         wait: a tenacity wait; :class:`wait_retry_after` around :class:`wait_backoff`.
         retry: a tenacity retry predicate over :class:`AttemptFailed`.
         attempt_timeout_s: bound on each try, always capped by the time left before the
-            deadline. Both twins stop reading an answer still arriving when it is spent;
-            a single blocking step (connect, write, one read, pool wait) is bounded by it
-            too, so a try may overrun it by at most one such step (httpx) or not at all
-            (aiohttp's total timeout).
+            deadline. The async twin bounds the whole try by it (aiohttp's total timeout,
+            asyncio's over httpx). The sync twin (httpx) stops reading a body still
+            arriving when it is spent, and bounds each blocking step before the body by it
+            (connect, write, pool wait, each read of the status line and headers): a body
+            chunk may end at most one read past it, but a receiver trickling its headers
+            can stretch a sync try further.
         deadline_s: bound on the whole delivery, tries and waits; ``None`` for no bound.
     """
 

@@ -327,7 +327,8 @@ class _SenderBase:
 
         The attempt timeout, capped by what is left of the total deadline. The seconds bound
         each blocking step of the HTTP library; the reading is checked between the chunks
-        of the answer (:meth:`_keep`), so a receiver trickling bytes cannot stretch a try.
+        of the body (:meth:`_keep`), so a receiver trickling its body cannot stretch a try.
+        (Headers trickled to the sync twin still can: httpx reads them with no hook for us.)
         """
         now = self._monotonic()
         timeout = self.retry.attempt_timeout_s
