@@ -43,7 +43,8 @@ Handler: TypeAlias = Callable[[WebhookEvent], Any] | Callable[[WebhookEvent], Aw
 """A sync or async callable taking a :class:`WebhookEvent`.
 
 It returns ``None`` (the receiver acknowledges with 204) or anything Quart accepts as a
-response. Sync handlers run in a worker thread so they never block the event loop.
+response. Sync handlers run in a worker thread so they never block the event loop. A handler
+runs to its end even if the sender disconnects before it returns.
 """
 
 EventTypeExtractor: TypeAlias = Callable[[Any], object]

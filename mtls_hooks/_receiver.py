@@ -11,6 +11,13 @@ the handler again. An event type with no handler and no fallback is acknowledged
 give up after 15-30 s, so long work belongs after the acknowledgement (a task queue, or
 ``app.add_background_task``), keyed by ``event.id`` to stay idempotent.
 
+A handler runs to its end even when its sender hangs up first (a timeout shorter than the
+handler): it runs in a task of its own, which settles the id's claim when the handler returns,
+and meanwhile the sender's retries are answered "in flight". At shutdown, running handlers get
+``BACKGROUND_TASK_SHUTDOWN_TIMEOUT`` seconds (Quart's setting, 5 by default) to finish; the
+rest are cancelled, and their ids stay claimed until the dedupe lease ends (a sync handler's
+thread cannot be stopped), after which a retry runs them again.
+
 Concurrent duplicates: while one request runs the handler of an id, another delivery of the
 same id is answered ``503 Service Unavailable`` with ``Retry-After: 5`` (problem reason
 ``in-flight``) at once, without waiting: a status every Standard Webhooks sender retries, and
@@ -19,6 +26,7 @@ by then the id is done (204 duplicate) or released (the handler runs).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import weakref
@@ -38,7 +46,7 @@ from mtls_hooks._endpoint import (
 )
 from mtls_hooks._errors import ConfigurationError
 from mtls_hooks._events import Handler
-from mtls_hooks._pipeline import WebhookView
+from mtls_hooks._pipeline import WebhookView, drain_handlers
 from mtls_hooks._replay import (
     DEFAULT_LEASE_S,
     DEFAULT_MAX_ENTRIES,
@@ -87,6 +95,8 @@ class _AppState:
     config_endpoints: dict[str, dict[str, Any]] = field(repr=False)
     receiver_config: dict[str, Any] = field(repr=False)
     endpoints: dict[str, EndpointSettings] = field(default_factory=dict)
+    # Handlers running on this app (see WebhookView): awaited, then cancelled, at shutdown.
+    handler_tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
 
 
 class WebhookEndpoint:
@@ -214,6 +224,17 @@ class WebhookReceiver:
         app.extensions[EXTENSION_KEY] = self
         for settings in compiled:
             self._route(app, state, settings)
+
+        async def drain() -> None:
+            from quart import current_app
+
+            # Quart's own bound on background work at shutdown suits handlers just as well.
+            timeout_s = current_app.config.get("BACKGROUND_TASK_SHUTDOWN_TIMEOUT", 5)
+            await drain_handlers(state.handler_tasks, float(timeout_s))
+
+        # Registered before the store's close: after_serving functions run in order, and a
+        # handler that finishes during the drain still settles its claim in an open store.
+        app.after_serving(drain)
         if state.owns_store:
             app.after_serving(state.store.aclose)
 
@@ -284,7 +305,7 @@ class WebhookReceiver:
         app.add_url_rule(
             settings.path,
             f"{EXTENSION_KEY}.{settings.name}",
-            WebhookView(settings, state.store, self._handlers).handle,
+            WebhookView(settings, state.store, self._handlers, state.handler_tasks).handle,
             methods=_METHODS,
             provide_automatic_options=False,
         )

@@ -68,6 +68,19 @@ def build_app(sender: Sender, seen: Seen, **config: Any) -> Quart:
         seen.entered.set()
         await asyncio.to_thread(seen.release.wait, 10)
 
+    # Held until released, like a handler slower than the sender's timeout.
+    @hooks.on("held.sync")
+    def held_sync(event: WebhookEvent) -> None:
+        seen.events.append(event)
+        seen.entered.set()
+        seen.release.wait(10)
+
+    @hooks.on("held.async")
+    async def held_async(event: WebhookEvent) -> None:
+        seen.events.append(event)
+        seen.entered.set()
+        await asyncio.to_thread(seen.release.wait, 10)
+
     @hooks.on("flaky.slow")
     async def flaky_slow(event: WebhookEvent) -> None:
         seen.events.append(event)
@@ -272,6 +285,48 @@ def test_concurrent_duplicates_run_the_handler_once(live: Live) -> None:
     assert second.headers["content-type"] == "application/problem+json"
     assert second.json()["reason"] == "in-flight"
     assert live.seen.ids().count(headers["webhook-id"]) == 1
+
+
+@pytest.mark.parametrize("event_type", ["held.sync", "held.async"], ids=["sync", "async"])
+def test_handler_slower_than_the_sender_timeout_runs_once(
+    live: Live, log_lines: LogLines, event_type: str
+) -> None:
+    live.seen.entered.clear()
+    live.seen.release.clear()
+    body, headers = live.sender.request(event_type=event_type)
+    webhook_id = headers["webhook-id"]
+
+    def deliver(timeout_s: float = 10) -> httpx.Response:
+        # A fresh connection each time, as a sender retries after its timeout closed one.
+        with live.client() as client:
+            return client.post(
+                live.server.url("/hooks"),
+                content=body,
+                headers=headers,
+                auth=AUTH,
+                timeout=httpx.Timeout(10, read=timeout_s),
+            )
+
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            deliver(timeout_s=0.5)  # the sender gives up and hangs up; the handler runs on
+        assert live.seen.entered.is_set()
+        during = []
+        for _ in range(3):  # spread out, so the server has long seen the hang-up
+            time.sleep(0.2)
+            during.append(deliver())
+    finally:
+        live.seen.release.set()
+    assert [response.status_code for response in during] == [503] * 3
+    assert {response.json()["reason"] for response in during} == {"in-flight"}
+    deadline = time.monotonic() + 10
+    while (after := deliver()).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the handler is returning: a sender would retry after Retry-After
+    assert after.status_code == 204
+    assert after.headers["webhook-duplicate"] == "true"
+    assert live.seen.ids().count(webhook_id) == 1
+    handled = [d for d in log_lines.decisions if d["event_id"] == webhook_id and d["status"] != 503]
+    assert [d["outcome"] for d in handled] == ["handled", "duplicate"]
 
 
 def test_our_sender_retries_an_in_flight_answer(live: Live) -> None:
