@@ -265,6 +265,17 @@ class _TLSTCPServer(_ORIGINAL_TCP_SERVER):  # type: ignore[misc]
         if isinstance(config, _MtlsHypercornConfig):
             self.idle_task = _IdleTimer()
 
+    async def _close(self) -> None:
+        # hypercorn 0.18's TCPServer._close swallows the OSErrors of a broken close but not
+        # ssl.SSLError, which asyncio raises from wait_closed() when the TLS close exchange
+        # goes wrong (APPLICATION_DATA_AFTER_CLOSE_NOTIFY from a client still sending as the
+        # straggler shutdown closes its socket). The connection is gone either way; letting
+        # the error escape failed the whole worker_serve() at shutdown.
+        try:
+            await super()._close()
+        except ssl.SSLError as exc:
+            refusal_logger.debug("event=close_failed detail=%s", _quote(str(exc)))
+
 
 _patch_lock = threading.Lock()
 _patch_users = 0
