@@ -21,6 +21,7 @@ import tenacity
 from aiohttp.connector import NEEDS_CLEANUP_CLOSED
 
 from mtls_hooks._errors import ConfigurationError, DeliveryError
+from mtls_hooks._outcomes import ANSWER_KEEP_BYTES
 from mtls_hooks._results import DeliveryResult
 from mtls_hooks._retry import AttemptFailed
 from mtls_hooks._sender import WebhookMessage, _Delivery, _SenderBase
@@ -154,13 +155,20 @@ class AsyncWebhookSender(_SenderBase):
                     timeout=client_timeout,
                 ) as answer:
                     status, answer_headers = answer.status, answer.headers
-                    try:
-                        async for chunk in answer.content.iter_any():
-                            if self._keep(kept, chunk, up_at):
-                                break
-                    finally:
-                        if not answer.content.is_eof():
-                            answer.close()  # drop the rest with the connection, undrained
+                    content = answer.content
+                    if content.is_eof():
+                        # The usual short answer arrived with its headers: take it as it is
+                        # (aiohttp's flow control bounds what it buffers) without the chunk
+                        # loop, which costs ~10 us per delivery.
+                        kept += content.read_nowait()[:ANSWER_KEEP_BYTES]
+                    else:
+                        try:
+                            async for chunk in content.iter_any():
+                                if self._keep(kept, chunk, up_at):
+                                    break
+                        finally:
+                            if not content.is_eof():
+                                answer.close()  # drop the rest with the connection, undrained
         except (httpx.HTTPError, aiohttp.ClientError, OSError, httpx.InvalidURL, ValueError) as exc:
             raise self._failed(delivery, exc, time.perf_counter() - started) from exc
         latency = time.perf_counter() - started
