@@ -40,11 +40,12 @@ from hypercorn.config import Sockets
 from hypercorn.events import Closed, RawData
 from hypercorn.utils import wrap_app
 
+from mtls_hooks._asgi_tls import tls_extension
 from mtls_hooks._config import ServerConfig, parse_bind
 from mtls_hooks._errors import ConfigurationError
 from mtls_hooks._problem import PROBLEM_CONTENT_TYPE, problem_body
 from mtls_hooks._reload import TLSMaterial
-from mtls_hooks._tls import HandshakeRefusal, tls_extension
+from mtls_hooks._tls import HandshakeRefusal
 
 __all__ = ["create_sockets", "log_refusal", "serve_async"]
 

@@ -63,6 +63,8 @@ def _asyncio_log_as_text() -> Iterator[LogCollector]:
 
 def test_early_http2_refusals_leave_no_unawaited_idle_timer(pki: Pki, cast: Cast) -> None:
     context = pki.context(cast.alpha, http2=True)
+    # Garbage of earlier tests in this worker (an unclosed socket) must not warn in here.
+    gc.collect()
     with warnings.catch_warnings(record=True) as caught, _asyncio_log_as_text() as asyncio_log:
         warnings.simplefilter("always")
         with running_server(early_refusal, pki.config(cast.alpha)) as server:
@@ -77,7 +79,7 @@ def test_early_http2_refusals_leave_no_unawaited_idle_timer(pki: Pki, cast: Cast
                     assert response.status_code == 413
                     assert response.http_version == "HTTP/2"
         gc.collect()  # an orphaned coroutine warns when it is collected
-    assert [str(w.message) for w in caught] == []
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
     # The task that could not schedule the timer used to die with that RuntimeError.
     assert [line for line in asyncio_log.lines if "never retrieved" in line] == []
 
