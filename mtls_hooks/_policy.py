@@ -173,13 +173,11 @@ class PeerPolicy:
         Raises:
             ConfigurationError: on a malformed pin or rule, naming the closest valid kind.
         """
+        # Sorted by form only: __post_init__ normalises (and rejects) every pin.
         spki: set[str] = set()
         fingerprints: set[str] = set()
         for pin in pins:
-            if _is_fingerprint(pin):
-                fingerprints.add(normalize_fingerprint(pin))
-            else:
-                spki.add(normalize_spki_pin(pin))
+            (fingerprints if _is_fingerprint(pin) else spki).add(pin)
         rules: dict[str, set[str]] = {kind: set() for kind in _SAN_KINDS}
         prefixes: list[_SpiffePrefix] = []
         for rule in allow:
