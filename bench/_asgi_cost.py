@@ -35,8 +35,8 @@ def _headers(body: bytes, signed: dict[str, str] | None) -> list[tuple[bytes, by
 
 
 def _scopes(pki: BenchPki, count: int, *, signed: bool, tag: str) -> list[dict[str, Any]]:
-    from mtls_hooks._keys_signing import HmacSecret
-    from mtls_hooks._signing import Signer
+    from mtls_hooks.core._keys_signing import HmacSecret
+    from mtls_hooks.core._signing import Signer
 
     body = json_body()
     client_pem = Path(pki.client_cert).read_text(encoding="ascii")

@@ -2,7 +2,7 @@
 
 * ``stock``: a Quart app on stock ``hypercorn.asyncio.serve`` with the same TLS settings
   (certificate, client CA, ``CERT_REQUIRED``, TLS >= 1.2) and nothing of ours;
-* ``ours``: the same app on :func:`mtls_hooks._workers.serve` (pinning, ``tls`` extension).
+* ``ours``: the same app on :func:`mtls_hooks.serving._workers.serve` (pinning, ``tls`` extension).
 
 Apps come from module-level factories (picklable by reference, so a forkserver child can
 build them): :func:`bare_app` and the receiver factories. A new scenario is one more factory.
@@ -106,8 +106,8 @@ def bare_app(pki: BenchPki) -> Quart:
 def _receiver_app(pki: BenchPki, store: Any) -> Quart:
     from quart import Quart
 
-    from mtls_hooks._events import WebhookEvent
-    from mtls_hooks._receiver import WebhookReceiver
+    from mtls_hooks.receiver._events import WebhookEvent
+    from mtls_hooks.receiver._receiver import WebhookReceiver
 
     app = Quart("bench_receiver")
     hooks = WebhookReceiver(
@@ -123,14 +123,14 @@ def _receiver_app(pki: BenchPki, store: Any) -> Quart:
 
 def receiver_app_memory(pki: BenchPki) -> Quart:
     """Full verification: pin rule, HMAC, timestamp, in-memory dedupe, handler dispatch."""
-    from mtls_hooks._replay import MemoryDedupeStore
+    from mtls_hooks.stores._replay import MemoryDedupeStore
 
     return _receiver_app(pki, MemoryDedupeStore())
 
 
 def receiver_app_sqlite(pki: BenchPki) -> Quart:
     """The same with the persistent SQLite dedupe store (a fresh file per server start)."""
-    from mtls_hooks._replay import SQLiteDedupeStore
+    from mtls_hooks.stores._replay import SQLiteDedupeStore
 
     path = Path(pki.directory) / f"dedupe-{os.getpid()}.sqlite3"
     return _receiver_app(pki, SQLiteDedupeStore(path))
@@ -169,9 +169,9 @@ def _serve_stock(app: Quart, pki: BenchPki, report: Callable[[int], None]) -> No
 
 
 def _serve_ours(app: Quart, pki: BenchPki, report: Callable[[int], None]) -> None:
-    from mtls_hooks._config import ServerConfig
-    from mtls_hooks._serving import create_sockets
-    from mtls_hooks._workers import serve
+    from mtls_hooks.serving._config import ServerConfig
+    from mtls_hooks.serving._serving import create_sockets
+    from mtls_hooks.serving._workers import serve
 
     config = ServerConfig(
         certfile=pki.server_cert,

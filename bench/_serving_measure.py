@@ -299,7 +299,7 @@ def _brief(result: LoadResult) -> str:
 
 def _store_rates(path: Path, ids: int) -> dict[str, float]:
     """claim + complete of ``ids`` unique ids, in the event loop: SQLite, then memory."""
-    from mtls_hooks._replay import DedupeStore, MemoryDedupeStore, SQLiteDedupeStore
+    from mtls_hooks.stores._replay import DedupeStore, MemoryDedupeStore, SQLiteDedupeStore
 
     async def rate(store: DedupeStore) -> float:
         try:

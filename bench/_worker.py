@@ -100,8 +100,8 @@ def _build_requests(spec: LoadSpec, count: int) -> list[bytes]:
     )
     if spec.signing_secret is None:
         return [head + b"\r\n" + body]
-    from mtls_hooks._keys_signing import HmacSecret
-    from mtls_hooks._signing import Signer
+    from mtls_hooks.core._keys_signing import HmacSecret
+    from mtls_hooks.core._signing import Signer
 
     signer = Signer([HmacSecret.parse(spec.signing_secret)])
     now = int(time.time())

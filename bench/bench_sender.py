@@ -40,12 +40,12 @@ import aiohttp
 import httpx
 
 from bench._servers import SIGNING_SECRET, BenchPki, make_pki
-from mtls_hooks._retry import RetryPolicy
-from mtls_hooks._sender import WebhookMessage
-from mtls_hooks._sender_async import AsyncWebhookSender
-from mtls_hooks._sender_sync import WebhookSender
-from mtls_hooks._signing import Signer, parse_key
-from mtls_hooks._tls import create_client_context
+from mtls_hooks.core._signing import Signer, parse_key
+from mtls_hooks.core._tls import create_client_context
+from mtls_hooks.sender._async import AsyncWebhookSender
+from mtls_hooks.sender._base import WebhookMessage
+from mtls_hooks.sender._retry import RetryPolicy
+from mtls_hooks.sender._sync import WebhookSender
 from tests.nginx import run_nginx
 
 #: Arguments of ``bench.run_all --quick``: a smoke run that measures nothing.

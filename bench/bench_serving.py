@@ -9,7 +9,7 @@ Scenarios, each server in its own process pinned to core 0 and the load generato
 * ``baseline``: a bare Quart app (POST / reads the body, answers 200) on stock
   ``hypercorn.asyncio.serve`` with the same TLS settings and no pinning.
 * ``ours``: the same app on ``mtls_hooks`` serving (in-handshake pinning, ``tls`` scope).
-* ``ours+verify``: :class:`~mtls_hooks._receiver.WebhookReceiver` on our server: pin rule,
+* ``ours+verify``: :class:`~mtls_hooks.receiver._receiver.WebhookReceiver` on our server: pin rule,
   HMAC, timestamp, in-memory dedupe and handler dispatch, every request signed with a
   unique ``webhook-id`` (signed before the clock starts).
 * ``ours+verify[sqlite]``: the same with the SQLite dedupe store.

@@ -69,8 +69,8 @@ _PRELOAD = (
     "bench._servers",
     "quart",
     "hypercorn.asyncio",
-    "mtls_hooks._workers",
-    "mtls_hooks._receiver",
+    "mtls_hooks.serving._workers",
+    "mtls_hooks.receiver._receiver",
 )
 
 

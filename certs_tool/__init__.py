@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from certs_tool._ledger import DEFAULT_CRL_VALIDITY
     from certs_tool._names import parse_san
     from certs_tool._pins import pin_of
-    from mtls_hooks._identity import cert_fingerprint, spki_pin
+    from mtls_hooks.core._identity import cert_fingerprint, spki_pin
 
 __all__ = [
     "CA",
@@ -63,13 +63,13 @@ _HOME = {
     "KeyType": "certs_tool._keys",
     "PrivateKey": "certs_tool._keys",
     "backup_key": "certs_tool._keys",
-    "cert_fingerprint": "mtls_hooks._identity",
+    "cert_fingerprint": "mtls_hooks.core._identity",
     "generate_key": "certs_tool._keys",
     "load_certificates": "certs_tool._issued",
     "load_private_key": "certs_tool._keys",
     "parse_san": "certs_tool._names",
     "pin_of": "certs_tool._pins",
-    "spki_pin": "mtls_hooks._identity",
+    "spki_pin": "mtls_hooks.core._identity",
 }
 
 

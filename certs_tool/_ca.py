@@ -28,7 +28,7 @@ from certs_tool._keys import KeyType, PrivateKey, generate_key, key_type_of
 from certs_tool._ledger import Ledger
 from certs_tool._names import parse_sans
 from certs_tool._store import StoredCA, read_ca_dir, read_ca_files, write_ca_dir
-from mtls_hooks._identity import spki_pin
+from mtls_hooks.core._identity import spki_pin
 
 __all__ = ["CA", "DEFAULT_CA_VALIDITY", "DEFAULT_LEAF_VALIDITY"]
 

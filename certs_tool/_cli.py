@@ -24,7 +24,7 @@ from certs_tool._keys import KeyType, backup_key, load_private_key
 from certs_tool._passphrase import add_passphrase_options, existing_passphrase, new_passphrase
 from certs_tool._pins import pin_of
 from certs_tool._store import CA_CERT_FILE, CA_KEY_FILE, INDEX_FILE
-from mtls_hooks._identity import spki_pin
+from mtls_hooks.core._identity import spki_pin
 
 __all__ = ["main"]
 

@@ -13,7 +13,7 @@ from certs_tool._errors import CertsToolError
 from certs_tool._issued import load_certificates
 from certs_tool._keys import key_type_of
 from certs_tool._pins import load_key_source
-from mtls_hooks._identity import cert_fingerprint, spki_pin
+from mtls_hooks.core._identity import cert_fingerprint, spki_pin
 
 __all__ = ["describe", "format_human"]
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from certs_tool._blob import Blob
 from certs_tool._errors import CertsToolError
 from certs_tool._keys import KeyType, PrivateKey, key_type_of, load_private_key, private_key_pem
-from mtls_hooks._identity import cert_fingerprint, spki_pin
+from mtls_hooks.core._identity import cert_fingerprint, spki_pin
 
 __all__ = ["CertifiedKey", "IssuedCert", "load_certificates", "pem_of"]
 

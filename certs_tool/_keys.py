@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from certs_tool._blob import Blob
 from certs_tool._errors import CertsToolError
-from mtls_hooks._identity import spki_pin
+from mtls_hooks.core._identity import spki_pin
 
 __all__ = [
     "KeyType",

@@ -1,6 +1,6 @@
 """SPKI pins of whatever a user has at hand: a certificate, a public key or a private key.
 
-The pin itself is :func:`mtls_hooks._identity.spki_pin`; this module only reads files into
+The pin itself is :func:`mtls_hooks.core._identity.spki_pin`; this module only reads files into
 something it can hash.
 """
 
@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from certs_tool._errors import CertsToolError
 from certs_tool._issued import load_certificates
 from certs_tool._keys import PrivateKey, load_private_key
-from mtls_hooks._errors import ConfigurationError
-from mtls_hooks._identity import spki_pin
+from mtls_hooks.core._errors import ConfigurationError
+from mtls_hooks.core._identity import spki_pin
 
 __all__ = ["load_key_source", "pin_of"]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from mtls_hooks._errors import (
+from mtls_hooks.core._errors import (
     ConfigurationError,
     DeliveryError,
     EndpointGoneError,
@@ -33,9 +33,9 @@ from mtls_hooks._errors import (
     TransportError,
     VerificationError,
 )
-from mtls_hooks._identity import PeerIdentity, cert_fingerprint, peer_from_scope, spki_pin
-from mtls_hooks._policy import PeerPolicy
-from mtls_hooks._signing import (
+from mtls_hooks.core._identity import PeerIdentity, cert_fingerprint, peer_from_scope, spki_pin
+from mtls_hooks.core._policy import PeerPolicy
+from mtls_hooks.core._signing import (
     Ed25519SigningKey,
     Ed25519VerifyKey,
     HmacSecret,
@@ -47,21 +47,26 @@ from mtls_hooks._signing import (
     VerifyKey,
     parse_key,
 )
-from mtls_hooks._tls import PinningContext, create_client_context, create_server_context
+from mtls_hooks.core._tls import PinningContext, create_client_context, create_server_context
 
 if TYPE_CHECKING:
-    from mtls_hooks._authz import current_peer, require_peer
-    from mtls_hooks._config import ServerConfig
-    from mtls_hooks._events import WebhookEvent
-    from mtls_hooks._receiver import WebhookEndpoint, WebhookReceiver
-    from mtls_hooks._replay import ClaimState, DedupeStore, MemoryDedupeStore, SQLiteDedupeStore
-    from mtls_hooks._results import Attempt, DeliveryResult
-    from mtls_hooks._retry import RetryPolicy
-    from mtls_hooks._sender import WebhookMessage
-    from mtls_hooks._sender_async import AsyncWebhookSender
-    from mtls_hooks._sender_sync import WebhookSender
-    from mtls_hooks._serving import serve_async
-    from mtls_hooks._workers import serve
+    from mtls_hooks.receiver._authz import current_peer, require_peer
+    from mtls_hooks.receiver._events import WebhookEvent
+    from mtls_hooks.receiver._receiver import WebhookEndpoint, WebhookReceiver
+    from mtls_hooks.sender._async import AsyncWebhookSender
+    from mtls_hooks.sender._base import WebhookMessage
+    from mtls_hooks.sender._results import Attempt, DeliveryResult
+    from mtls_hooks.sender._retry import RetryPolicy
+    from mtls_hooks.sender._sync import WebhookSender
+    from mtls_hooks.serving._config import ServerConfig
+    from mtls_hooks.serving._serving import serve_async
+    from mtls_hooks.serving._workers import serve
+    from mtls_hooks.stores._replay import (
+        ClaimState,
+        DedupeStore,
+        MemoryDedupeStore,
+        SQLiteDedupeStore,
+    )
 
 __version__ = "0.1.0"
 
@@ -119,24 +124,24 @@ __all__ = [
 ]
 
 _LAZY = {
-    "AsyncWebhookSender": "mtls_hooks._sender_async",
-    "Attempt": "mtls_hooks._results",
-    "ClaimState": "mtls_hooks._replay",
-    "DedupeStore": "mtls_hooks._replay",
-    "DeliveryResult": "mtls_hooks._results",
-    "MemoryDedupeStore": "mtls_hooks._replay",
-    "RetryPolicy": "mtls_hooks._retry",
-    "SQLiteDedupeStore": "mtls_hooks._replay",
-    "ServerConfig": "mtls_hooks._config",
-    "WebhookEndpoint": "mtls_hooks._receiver",
-    "WebhookEvent": "mtls_hooks._events",
-    "WebhookMessage": "mtls_hooks._sender",
-    "WebhookReceiver": "mtls_hooks._receiver",
-    "WebhookSender": "mtls_hooks._sender_sync",
-    "current_peer": "mtls_hooks._authz",
-    "require_peer": "mtls_hooks._authz",
-    "serve": "mtls_hooks._workers",
-    "serve_async": "mtls_hooks._serving",
+    "AsyncWebhookSender": "mtls_hooks.sender._async",
+    "Attempt": "mtls_hooks.sender._results",
+    "ClaimState": "mtls_hooks.stores._replay",
+    "DedupeStore": "mtls_hooks.stores._replay",
+    "DeliveryResult": "mtls_hooks.sender._results",
+    "MemoryDedupeStore": "mtls_hooks.stores._replay",
+    "RetryPolicy": "mtls_hooks.sender._retry",
+    "SQLiteDedupeStore": "mtls_hooks.stores._replay",
+    "ServerConfig": "mtls_hooks.serving._config",
+    "WebhookEndpoint": "mtls_hooks.receiver._receiver",
+    "WebhookEvent": "mtls_hooks.receiver._events",
+    "WebhookMessage": "mtls_hooks.sender._base",
+    "WebhookReceiver": "mtls_hooks.receiver._receiver",
+    "WebhookSender": "mtls_hooks.sender._sync",
+    "current_peer": "mtls_hooks.receiver._authz",
+    "require_peer": "mtls_hooks.receiver._authz",
+    "serve": "mtls_hooks.serving._workers",
+    "serve_async": "mtls_hooks.serving._serving",
 }
 
 

@@ -33,10 +33,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from mtls_hooks._config import ServerConfig
-from mtls_hooks._reload import TLSMaterial
-from mtls_hooks._serving import log_refusal, serve_async
-from mtls_hooks._workers import serve
+from mtls_hooks.serving._config import ServerConfig
+from mtls_hooks.serving._reload import TLSMaterial
+from mtls_hooks.serving._serving import log_refusal, serve_async
+from mtls_hooks.serving._workers import serve
 
 __all__ = ["ProcessHandle", "ServerHandle", "running_server", "running_server_process"]
 

@@ -11,8 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from mtls_hooks._cli import main
-from mtls_hooks._signing import Ed25519SigningKey, Ed25519VerifyKey, HmacSecret, Signer, Verifier
+from mtls_hooks.cli._main import main
+from mtls_hooks.core._signing import (
+    Ed25519SigningKey,
+    Ed25519VerifyKey,
+    HmacSecret,
+    Signer,
+    Verifier,
+)
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -31,9 +31,9 @@ import pytest
 
 from certs_tool import CA, IssuedCert, backup_key
 from certs_tool._cli import main as certs_tool_main
-from mtls_hooks._config import ServerConfig
-from mtls_hooks._identity import PeerIdentity
-from mtls_hooks._keys_signing import HmacSecret
+from mtls_hooks.core._identity import PeerIdentity
+from mtls_hooks.core._keys_signing import HmacSecret
+from mtls_hooks.serving._config import ServerConfig
 from mtls_hooks.testing import running_server, running_server_process
 from tests.nginx import nginx_available
 

@@ -9,7 +9,7 @@ import hashlib
 import pytest
 
 from mtls_hooks import ConfigurationError, PeerIdentity, PeerPolicy
-from mtls_hooks._policy import normalize_fingerprint, normalize_spki_pin
+from mtls_hooks.core._policy import normalize_fingerprint, normalize_spki_pin
 
 SLASH_DIGEST = b"\xfc" + bytes(31)  # base64 starts with '/'
 SLASH_PIN = "sha256/" + base64.b64encode(SLASH_DIGEST).decode()

@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from werkzeug.datastructures import Headers
 
-from mtls_hooks._errors import (
+from mtls_hooks.core._errors import (
     ConfigurationError,
     SignatureError,
     TimestampError,
     VerificationError,
 )
-from mtls_hooks._signing import (
+from mtls_hooks.core._signing import (
     Ed25519SigningKey,
     Ed25519VerifyKey,
     HeadersLike,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mtls_hooks._suggest import did_you_mean
+from mtls_hooks.core._suggest import did_you_mean
 
 
 def test_names_the_closest_valid_name() -> None:

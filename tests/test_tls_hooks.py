@@ -20,7 +20,7 @@ import pytest
 
 from certs_tool import CA
 from mtls_hooks import PeerPolicy, PinError, create_client_context, create_server_context
-from mtls_hooks._tls import HandshakeRefusal, PinningContext
+from mtls_hooks.core._tls import HandshakeRefusal, PinningContext
 
 SECRET = b"application data"
 

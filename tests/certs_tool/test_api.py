@@ -17,7 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 import certs_tool
 from certs_tool import CA, Blob, CertsToolError, IssuedCert, generate_key, parse_san
-from mtls_hooks._policy import normalize_spki_pin
+from mtls_hooks.core._policy import normalize_spki_pin
 
 
 def test_exported_members() -> None:

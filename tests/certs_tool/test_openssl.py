@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, pkcs12
 
 from certs_tool import CA, IssuedCert, KeyType, generate_key
-from mtls_hooks._identity import cert_fingerprint
+from mtls_hooks.core._identity import cert_fingerprint
 
 TIMEOUT_S = 20
 

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from quart import Quart
 
-from mtls_hooks._endpoint import EndpointOptions
-from mtls_hooks._errors import ConfigurationError
-from mtls_hooks._receiver import _RECEIVER_KEYS, EXTENSION_KEY, WebhookReceiver
-from mtls_hooks._replay import MemoryDedupeStore, SQLiteDedupeStore
-from mtls_hooks._settings_names import ENDPOINT_OPTION_NAMES, STORE_NAMES
+from mtls_hooks.core._errors import ConfigurationError
+from mtls_hooks.core._settings_names import ENDPOINT_OPTION_NAMES, STORE_NAMES
+from mtls_hooks.receiver._endpoint import EndpointOptions
+from mtls_hooks.receiver._receiver import _RECEIVER_KEYS, EXTENSION_KEY, WebhookReceiver
+from mtls_hooks.stores._replay import MemoryDedupeStore, SQLiteDedupeStore
 from tests.receiver.conftest import Sender
 
 

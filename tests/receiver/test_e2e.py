@@ -17,11 +17,11 @@ import pytest
 from quart import Quart
 
 from certs_tool import CA
-from mtls_hooks._events import WebhookEvent
-from mtls_hooks._receiver import WebhookReceiver
-from mtls_hooks._retry import RetryPolicy
-from mtls_hooks._sender_sync import WebhookSender
-from mtls_hooks._signing import HmacSecret, Signer
+from mtls_hooks.core._signing import HmacSecret, Signer
+from mtls_hooks.receiver._events import WebhookEvent
+from mtls_hooks.receiver._receiver import WebhookReceiver
+from mtls_hooks.sender._retry import RetryPolicy
+from mtls_hooks.sender._sync import WebhookSender
 from mtls_hooks.testing import ServerHandle, running_server
 from tests.receiver.conftest import SPIFFE_SENDER, LogLines, Sender
 from tests.serving.conftest import Identity, Pki

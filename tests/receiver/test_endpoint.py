@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from certs_tool import IssuedCert
-from mtls_hooks._endpoint import EndpointSettings, compile_endpoint, merge_options
-from mtls_hooks._errors import ConfigurationError
-from mtls_hooks._identity import PeerIdentity
+from mtls_hooks.core._errors import ConfigurationError
+from mtls_hooks.core._identity import PeerIdentity
+from mtls_hooks.receiver._endpoint import EndpointSettings, compile_endpoint, merge_options
 from tests.receiver.conftest import Sender
 
 

@@ -19,9 +19,9 @@ import pytest
 from quart import Quart
 from quart.testing import QuartClient
 
-from mtls_hooks._events import WebhookEvent
-from mtls_hooks._receiver import WebhookReceiver
-from mtls_hooks._replay import MemoryDedupeStore
+from mtls_hooks.receiver._events import WebhookEvent
+from mtls_hooks.receiver._receiver import WebhookReceiver
+from mtls_hooks.stores._replay import MemoryDedupeStore
 from tests.receiver.conftest import LogLines, Sender
 
 pytestmark = pytest.mark.asyncio

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from mtls_hooks._errors import ConfigurationError
-from mtls_hooks._replay import (
+from mtls_hooks.core._errors import ConfigurationError
+from mtls_hooks.stores._replay import (
     ClaimState,
     DedupeStore,
     MemoryDedupeStore,

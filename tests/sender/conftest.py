@@ -15,11 +15,11 @@ import pytest
 from tenacity import stop_after_attempt
 
 from certs_tool import CA
-from mtls_hooks._results import DeliveryResult
-from mtls_hooks._retry import RetryPolicy, wait_backoff, wait_retry_after
-from mtls_hooks._sender_async import AsyncWebhookSender
-from mtls_hooks._sender_sync import WebhookSender
-from mtls_hooks._tls import create_server_context
+from mtls_hooks.core._tls import create_server_context
+from mtls_hooks.sender._async import AsyncWebhookSender
+from mtls_hooks.sender._results import DeliveryResult
+from mtls_hooks.sender._retry import RetryPolicy, wait_backoff, wait_retry_after
+from mtls_hooks.sender._sync import WebhookSender
 from tests.sender.scripted import Action, ScriptedServer, scripted_server
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

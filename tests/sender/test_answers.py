@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 from tenacity import stop_after_attempt
 
-from mtls_hooks._errors import RetriesExhaustedError
-from mtls_hooks._outcomes import ANSWER_KEEP_BYTES
+from mtls_hooks.core._errors import RetriesExhaustedError
+from mtls_hooks.sender._outcomes import ANSWER_KEEP_BYTES
 from tests.sender.conftest import KINDS, FakeTime, SenderPki, deliver, exact_kwargs
 from tests.sender.scripted import ScriptedServer, Status, Trickle
 

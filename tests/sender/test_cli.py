@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from mtls_hooks._cli import main
-from mtls_hooks._keys_signing import Ed25519SigningKey
+from mtls_hooks.cli._main import main
+from mtls_hooks.core._keys_signing import Ed25519SigningKey
 from tests.sender.conftest import PASSPHRASE, SECRET, SenderPki
 from tests.sender.scripted import ScriptedServer, Status
 

@@ -10,13 +10,13 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 from tenacity import stop_after_attempt
 
-from mtls_hooks._errors import ConfigurationError, RetriesExhaustedError
-from mtls_hooks._keys_signing import Ed25519SigningKey
-from mtls_hooks._results import DeliveryResult
-from mtls_hooks._sender import WebhookMessage
-from mtls_hooks._sender_async import AsyncWebhookSender
-from mtls_hooks._sender_sync import WebhookSender
-from mtls_hooks._signing import Verifier
+from mtls_hooks.core._errors import ConfigurationError, RetriesExhaustedError
+from mtls_hooks.core._keys_signing import Ed25519SigningKey
+from mtls_hooks.core._signing import Verifier
+from mtls_hooks.sender._async import AsyncWebhookSender
+from mtls_hooks.sender._base import WebhookMessage
+from mtls_hooks.sender._results import DeliveryResult
+from mtls_hooks.sender._sync import WebhookSender
 from tests.sender.conftest import KINDS, SECRET, FakeTime, SenderPki, deliver, exact_policy
 from tests.sender.scripted import ScriptedServer
 

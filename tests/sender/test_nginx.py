@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tenacity import stop_after_attempt
 
-from mtls_hooks._errors import RetriesExhaustedError, StatusError, TLSError
+from mtls_hooks.core._errors import RetriesExhaustedError, StatusError, TLSError
 from tests.nginx import NginxServer, Response, nginx_available, run_nginx
 from tests.sender.conftest import KINDS, SECRET, FakeTime, SenderPki, deliver, exact_policy
 

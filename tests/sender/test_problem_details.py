@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
-from mtls_hooks._errors import ConfigurationError, StatusError
-from mtls_hooks._outcomes import classify_status
-from mtls_hooks._problem import PROBLEM_CONTENT_TYPE, problem_body
+from mtls_hooks.core._errors import ConfigurationError, StatusError
+from mtls_hooks.core._problem import PROBLEM_CONTENT_TYPE, problem_body
+from mtls_hooks.sender._outcomes import classify_status
 from tests.sender.conftest import KINDS, SECRET, FakeTime, SenderPki, deliver, exact_policy
 from tests.sender.scripted import ScriptedServer, Status
 

@@ -9,11 +9,11 @@ import pytest
 from quart import Quart
 from tenacity import stop_after_attempt
 
-from mtls_hooks._config import ServerConfig
-from mtls_hooks._errors import RetriesExhaustedError, StatusError
-from mtls_hooks._events import WebhookEvent
-from mtls_hooks._receiver import WebhookReceiver
-from mtls_hooks._signing import HmacSecret
+from mtls_hooks.core._errors import RetriesExhaustedError, StatusError
+from mtls_hooks.core._signing import HmacSecret
+from mtls_hooks.receiver._events import WebhookEvent
+from mtls_hooks.receiver._receiver import WebhookReceiver
+from mtls_hooks.serving._config import ServerConfig
 from mtls_hooks.testing import ServerHandle, running_server
 from tests.sender.conftest import KINDS, SECRET, FakeTime, SenderPki, deliver, exact_policy
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from mtls_hooks._errors import ConfigurationError, TLSError
-from mtls_hooks._sender_sync import WebhookSender
-from mtls_hooks._tls import create_client_context
+from mtls_hooks.core._errors import ConfigurationError, TLSError
+from mtls_hooks.core._tls import create_client_context
+from mtls_hooks.sender._sync import WebhookSender
 from tests.sender.conftest import KINDS, SECRET, FakeTime, SenderPki, deliver, exact_policy
 from tests.sender.scripted import ScriptedServer
 

@@ -9,7 +9,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 from tenacity import stop_after_attempt
 
-from mtls_hooks._errors import EndpointGoneError, RetriesExhaustedError, StatusError
+from mtls_hooks.core._errors import EndpointGoneError, RetriesExhaustedError, StatusError
 from tests.sender.conftest import KINDS, SECRET, FakeTime, SenderPki, deliver, exact_kwargs
 from tests.sender.scripted import Reset, ScriptedServer, Stall, Status
 

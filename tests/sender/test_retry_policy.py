@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from mtls_hooks._errors import ConfigurationError, RetriesExhaustedError, StatusError
-from mtls_hooks._retry import (
+from mtls_hooks.core._errors import ConfigurationError, RetriesExhaustedError, StatusError
+from mtls_hooks.sender._retry import (
     AttemptFailed,
     RetryPolicy,
     parse_retry_after,

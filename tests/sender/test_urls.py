@@ -10,11 +10,11 @@ import aiohttp
 import httpx
 import pytest
 
-from mtls_hooks._cli import main
-from mtls_hooks._errors import ConfigurationError, EndpointGoneError, StatusError
-from mtls_hooks._outcomes import classify_exception
-from mtls_hooks._results import redact_url
-from mtls_hooks._sender import WebhookMessage, _url_problem
+from mtls_hooks.cli._main import main
+from mtls_hooks.core._errors import ConfigurationError, EndpointGoneError, StatusError
+from mtls_hooks.sender._base import WebhookMessage, _url_problem
+from mtls_hooks.sender._outcomes import classify_exception
+from mtls_hooks.sender._results import redact_url
 from tests.sender.conftest import KINDS, SECRET, FakeTime, SenderPki, deliver, exact_kwargs
 from tests.sender.scripted import ScriptedServer, Status
 

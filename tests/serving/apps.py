@@ -9,7 +9,7 @@ from typing import Any
 
 from quart import Quart, request, websocket
 
-from mtls_hooks._authz import current_peer, require_peer
+from mtls_hooks.receiver._authz import current_peer, require_peer
 
 BILLING_SPIFFE_ID = "spiffe://test.example/billing"
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from certs_tool import CA, IssuedCert
-from mtls_hooks._config import ServerConfig
-from mtls_hooks._tls import create_client_context
+from mtls_hooks.core._tls import create_client_context
+from mtls_hooks.serving._config import ServerConfig
 from mtls_hooks.testing import ServerHandle, running_server
 from tests.serving.apps import BILLING_SPIFFE_ID, app
 

@@ -7,8 +7,8 @@ import asyncio
 import httpx
 import pytest
 
-from mtls_hooks._authz import current_peer, require_peer
-from mtls_hooks._errors import ConfigurationError, IdentityError
+from mtls_hooks.core._errors import ConfigurationError, IdentityError
+from mtls_hooks.receiver._authz import current_peer, require_peer
 from mtls_hooks.testing import ServerHandle
 from tests.serving.apps import app
 from tests.serving.conftest import H1, H2, Cast, Pki

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mtls_hooks._cli import main
+from mtls_hooks.cli._main import main
 from tests.serving.conftest import Cast, Pki
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,7 +88,7 @@ class _Lines:
 def cli_server(pki: Pki, cast: Cast) -> Iterator[tuple[subprocess.Popen[str], _Lines]]:
     args = [*_tls_args(pki), "--pin", cast.alpha.spki_pin, "--bind", "127.0.0.1:0"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mtls_hooks._cli", "serve", APP, *args],
+        [sys.executable, "-m", "mtls_hooks.cli._main", "serve", APP, *args],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

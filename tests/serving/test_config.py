@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from certs_tool import CA
-from mtls_hooks._config import ServerConfig, parse_bind
-from mtls_hooks._errors import ConfigurationError
-from mtls_hooks._serving import create_sockets
+from mtls_hooks.core._errors import ConfigurationError
+from mtls_hooks.serving._config import ServerConfig, parse_bind
+from mtls_hooks.serving._serving import create_sockets
 from tests.serving.conftest import Cast, Pki
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from mtls_hooks._tls import create_client_context
+from mtls_hooks.core._tls import create_client_context
 from mtls_hooks.testing import ServerHandle
 from tests.serving.conftest import H1, H2, Cast, LogCollector, Pki, tls11_context
 

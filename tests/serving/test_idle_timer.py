@@ -17,7 +17,7 @@ import pytest
 from hypercorn.asyncio.task_group import TaskGroup as HypercornTaskGroup
 from quart import Quart, request
 
-from mtls_hooks._serving import _IdleTimer
+from mtls_hooks.serving._serving import _IdleTimer
 from mtls_hooks.testing import running_server
 from tests.serving.conftest import Cast, LogCollector, Pki
 

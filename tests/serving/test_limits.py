@@ -8,8 +8,8 @@ import time
 import httpx
 import pytest
 
-from mtls_hooks._errors import ConfigurationError
-from mtls_hooks._workers import _spec_of, load_app
+from mtls_hooks.core._errors import ConfigurationError
+from mtls_hooks.serving._workers import _spec_of, load_app
 from mtls_hooks.testing import running_server
 from tests.serving.apps import app
 from tests.serving.conftest import Cast, Pki

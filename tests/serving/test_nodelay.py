@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import socket
 
-from mtls_hooks._config import ServerConfig
-from mtls_hooks._serving import _no_delay, create_sockets
+from mtls_hooks.serving._config import ServerConfig
+from mtls_hooks.serving._serving import _no_delay, create_sockets
 
 
 def test_accepted_connections_inherit_tcp_nodelay() -> None:

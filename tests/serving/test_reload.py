@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mtls_hooks._config import ServerConfig
+from mtls_hooks.serving._config import ServerConfig
 from mtls_hooks.testing import ServerHandle, running_server
 from tests.serving.apps import app
 from tests.serving.conftest import Identity, LogCollector, Pki

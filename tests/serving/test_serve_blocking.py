@@ -10,7 +10,7 @@ import threading
 
 import httpx
 
-from mtls_hooks._workers import serve
+from mtls_hooks.serving._workers import serve
 from tests.serving.apps import app
 from tests.serving.conftest import LogCollector, Pki
 

@@ -18,8 +18,8 @@ import httpx
 import hypercorn.asyncio.run as hypercorn_run
 import pytest
 
-from mtls_hooks._identity import peer_from_scope
-from mtls_hooks._serving import _ORIGINAL_TCP_SERVER
+from mtls_hooks.core._identity import peer_from_scope
+from mtls_hooks.serving._serving import _ORIGINAL_TCP_SERVER
 from mtls_hooks.testing import ServerHandle, running_server
 from tests.serving.apps import raw_app
 from tests.serving.conftest import H1, H2, Cast, Pki, pinned_everyone

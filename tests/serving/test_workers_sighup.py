@@ -38,7 +38,16 @@ def _children(pid: int) -> list[int]:
 def _supervisor(pki: Pki, cast: Cast) -> Iterator[tuple[subprocess.Popen[str], _Lines, set[int]]]:
     args = [*_tls_args(pki), "--pin", cast.alpha.spki_pin, "--bind", "127.0.0.1:0"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mtls_hooks._cli", "serve", APP, *args, "--workers", str(WORKERS)],
+        [
+            sys.executable,
+            "-m",
+            "mtls_hooks.cli._main",
+            "serve",
+            APP,
+            *args,
+            "--workers",
+            str(WORKERS),
+        ],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

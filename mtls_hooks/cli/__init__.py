@@ -1,0 +1,3 @@
+"""The ``mtls-hooks`` command line: a thin layer over the public API, at the top of the
+import graph.
+"""

@@ -1,0 +1,489 @@
+"""Serving an ASGI app on Hypercorn over pinned mTLS, with the ASGI ``tls`` extension.
+
+Hypercorn 0.18 offers neither client-certificate pinning nor the ASGI TLS extension
+(pgjones/hypercorn#62, #324). Two seams close the gap (see ../shared/DESIGN.md):
+
+* ``Config.create_ssl_context()`` (a supported override) returns our
+  :class:`~mtls_hooks.core._tls.PinningContext`, whose ``sslobject_class`` refuses unpinned
+  clients inside the handshake, before one HTTP byte is parsed;
+* ``hypercorn.asyncio.run`` looks ``TCPServer`` up once per connection, so a subclass swapped
+  in there sees ``writer.get_extra_info("ssl_object")`` and wraps the app so that every HTTP
+  and WebSocket scope carries ``extensions["tls"]`` (ASGI TLS spec 0.2). This relies on
+  internals: hypercorn is pinned to one minor series and
+  ``tests/serving/test_tls_extension.py`` fails loudly if ``tls`` stops reaching the scope.
+
+Under TLS 1.3 the client finishes its side of the handshake before the server has checked
+the client certificate, so a refused client sees only a dropped connection (no alert it can
+show). The reason is logged here, server-side, in one structured line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.sslproto
+import contextlib
+import functools
+import logging
+import signal
+import socket
+import ssl
+import sys
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from typing import Any
+
+import hypercorn.asyncio.run as hypercorn_run
+from hypercorn.asyncio.task_group import TaskGroup as HypercornTaskGroup
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+from hypercorn.events import Closed, RawData
+from hypercorn.utils import wrap_app
+
+from mtls_hooks.core._errors import ConfigurationError
+from mtls_hooks.core._problem import PROBLEM_CONTENT_TYPE, problem_body
+from mtls_hooks.core._tls import HandshakeRefusal
+from mtls_hooks.serving._asgi_tls import tls_extension
+from mtls_hooks.serving._config import ServerConfig, parse_bind
+from mtls_hooks.serving._reload import TLSMaterial
+
+__all__ = ["create_sockets", "log_refusal", "serve_async"]
+
+refusal_logger = logging.getLogger("mtls_hooks.tls")
+_LISTEN_BACKLOG = 2048  # bursts of new handshakes must not overflow into SYN retries
+_STRAGGLER_MARGIN_S = 1.0
+_MAX_RECV = 2**16  # bytes per read, as hypercorn's own TCPServer
+
+
+# --------------------------------------------------------------------------- refusal log
+
+
+def _handshake_peer(conn: ssl.SSLObject | ssl.SSLSocket) -> str:
+    if isinstance(conn, ssl.SSLSocket):
+        with contextlib.suppress(OSError):
+            return _format_addr(conn.getpeername())
+        return "unknown"
+    # An SSLObject is memory-BIO only and knows nothing of the socket, and there is no
+    # public API from it to its transport. The asyncio SSLProtocol driving the handshake is
+    # a few frames up (SSLProtocol._do_handshake -> do_handshake -> _tls hooks -> here);
+    # its transport knows the peer. Anything else (uvloop, anyio) falls back to "unknown".
+    frame = sys._getframe(1)
+    for _ in range(12):
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, asyncio.sslproto.SSLProtocol):
+            transport = getattr(owner, "_transport", None)
+            if transport is not None:
+                return _format_addr(transport.get_extra_info("peername"))
+            break
+        if frame.f_back is None:
+            break
+        frame = frame.f_back
+    return "unknown"
+
+
+def _format_addr(addr: Any) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host, port = addr[0], addr[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return "unknown" if addr is None else str(addr)
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+
+
+def log_refusal(conn: ssl.SSLObject | ssl.SSLSocket, refusal: HandshakeRefusal) -> None:
+    """Log one refused handshake as one ``key=value`` line on the ``mtls_hooks.tls`` logger.
+
+    Fields: ``peer`` (address), ``reason``, ``subject`` and ``spki`` (when the chain
+    verified and only the pins failed; ``-`` otherwise), ``detail``. Never key material:
+    a pin is a hash of a public key.
+    """
+    identity = refusal.identity
+    refusal_logger.warning(
+        "event=handshake_refused peer=%s reason=%s subject=%s spki=%s detail=%s",
+        _handshake_peer(conn),
+        refusal.reason,
+        _quote(identity.subject) if identity else "-",
+        identity.spki_pin if identity else "-",
+        _quote(refusal.detail),
+    )
+
+
+# --------------------------------------------------------------------------- tls in scope
+
+
+class _MtlsHypercornConfig(HypercornConfig):
+    """A hypercorn config whose TLS context is the reloadable, pinning one."""
+
+    def __init__(self, material: TLSMaterial, ready: Callable[[], None] | None) -> None:
+        super().__init__()
+        self.material = material
+        self._ready = ready
+        self.silence_timeout_s: float | None = None
+        # Open connections, so that shutdown can abort the ones that outlive
+        # graceful_timeout (see _abort_stragglers).
+        self.connections: weakref.WeakKeyDictionary[asyncio.StreamWriter, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @property
+    def ssl_enabled(self) -> bool:
+        return True
+
+    def create_ssl_context(self) -> ssl.SSLContext:
+        # worker_serve calls this after lifespan startup and right before start_server on
+        # the (already listening) sockets: the right moment to say "ready".
+        if self._ready is not None:
+            asyncio.get_running_loop().call_soon(self._ready)
+        return self.material.listening_context
+
+
+class _TLSScopeApp:
+    """Hypercorn AppWrapper adding this connection's ``tls`` extension to every scope.
+
+    It also enforces ``max_header_bytes`` on HTTP/1.1: h11's ``max_incomplete_event_size``
+    only limits a request head that arrives in pieces, and one that fits a single 64 KiB
+    read would pass (HTTP/2 is limited by h2's SETTINGS_MAX_HEADER_LIST_SIZE).
+    """
+
+    __slots__ = ("_app", "_max_header_bytes", "_tls")
+
+    def __init__(self, app: Any, tls: dict[str, Any], max_header_bytes: int) -> None:
+        self._app = app
+        self._tls = tls
+        self._max_header_bytes = max_header_bytes
+
+    async def __call__(
+        self, scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any
+    ) -> None:
+        if scope["type"] in ("http", "websocket"):
+            header_bytes = sum(len(name) + len(value) for name, value in scope["headers"])
+            if header_bytes > self._max_header_bytes:
+                await _refuse_headers(scope, send, header_bytes, self._max_header_bytes)
+                return
+            tls = {**self._tls, "client_cert_chain": list(self._tls["client_cert_chain"])}
+            # A fresh dict per scope: nothing the app does leaks into another request.
+            scope = {**scope, "extensions": {**(scope.get("extensions") or {}), "tls": tls}}
+        await self._app(scope, receive, send, sync_spawn, call_soon)
+
+
+async def _refuse_headers(scope: Any, send: Any, size: int, limit: int) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1009})  # hypercorn answers 403
+        return
+    # RFC 6585 §5: 431 Request Header Fields Too Large.
+    body = problem_body(
+        431, detail=f"request headers are {size} bytes; the limit is {limit}", reason="headers"
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 431,
+            "headers": [
+                (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class _IdleTimer:
+    """A connection's keep-alive timer, as hypercorn's ``AsyncioSingleTask``, without its leak.
+
+    Hypercorn 0.18 restarts the timer each time a connection falls idle: it builds the
+    ``TCPServer._idle_timeout()`` coroutine and only then asks the connection's
+    ``asyncio.TaskGroup`` to run it. The request that makes the connection idle may end in a
+    task outside that group (Quart sends its response from a task of its own) after the
+    group stopped taking tasks. Over HTTP/2, a 413 sent while the client still streams the
+    body does it: hypercorn forgets the answered stream, then waits to queue
+    ``http.disconnect`` to the app; meanwhile the next DATA frame for that stream raises
+    ``KeyError`` in its h2 protocol (pgjones/hypercorn#329), which cancels the group; then
+    the response task resumes and restarts the timer. ``create_task`` raises, and before
+    Python 3.13 it leaves the coroutine un-awaited
+    (python/cpython#115957): a "coroutine 'TCPServer._idle_timeout' was never awaited"
+    RuntimeWarning at some later garbage collection (pgjones/hypercorn#338), which
+    ``filterwarnings = error`` turns into the failure of an unrelated test. A group that
+    takes no more tasks belongs to a connection being torn down, which needs no idle timer:
+    the coroutine is closed and the caller carries on. Otherwise behaves as hypercorn's.
+    """
+
+    __slots__ = ("_lock", "_task")
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def restart(
+        self,
+        task_group: HypercornTaskGroup,
+        action: Callable[[], Coroutine[Any, Any, None]],
+    ) -> None:
+        async with self._lock:
+            await self._cancel()
+            timer = action()
+            try:
+                self._task = task_group._task_group.create_task(timer)
+            except RuntimeError:  # "TaskGroup ... is shutting down" / "... is finished"
+                timer.close()
+
+    async def stop(self) -> None:
+        async with self._lock:
+            await self._cancel()
+
+    async def _cancel(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+_ORIGINAL_TCP_SERVER: Any = getattr(hypercorn_run, "TCPServer", None)
+
+
+class _TLSTCPServer(_ORIGINAL_TCP_SERVER):  # type: ignore[misc]
+    def __init__(  # noqa: PLR0917 - hypercorn's positional signature
+        self,
+        app: Any,
+        loop: asyncio.AbstractEventLoop,
+        config: HypercornConfig,
+        context: Any,
+        state: Any,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        # Other hypercorn servers in this process (a baseline, another app) stay stock.
+        if isinstance(config, _MtlsHypercornConfig):
+            ssl_object = writer.get_extra_info("ssl_object")
+            if ssl_object is not None:
+                pem = config.material.server_cert_pem(ssl_object.context)
+                app = _TLSScopeApp(
+                    app, tls_extension(ssl_object, pem), config.h11_max_incomplete_size
+                )
+            # The socket is read now: after hypercorn's second writer.close() the SSL
+            # transport no longer answers get_extra_info().
+            config.connections[writer] = writer.get_extra_info("socket")
+        super().__init__(app, loop, config, context, state, reader, writer)
+        if isinstance(config, _MtlsHypercornConfig):
+            self.idle_task = _IdleTimer()
+
+    async def _read_data(self) -> None:
+        config = self.config
+        if not isinstance(config, _MtlsHypercornConfig) or config.silence_timeout_s is None:
+            await super()._read_data()
+            return
+        # A connection silent for silence_timeout_s is aborted; the read then ends and the
+        # base loop closes the connection as it does at EOF. One timer per read, re-armed
+        # (a TimerHandle, ~1 us), where hypercorn's read_timeout builds a task per read.
+        timeout_s = config.silence_timeout_s
+        transport = self.writer.transport
+        loop = self.loop
+        while not self.reader.at_eof():
+            timer = loop.call_later(timeout_s, transport.abort)
+            try:
+                data = await self.reader.read(_MAX_RECV)
+            except (ConnectionError, OSError, ssl.SSLError):
+                break
+            finally:
+                timer.cancel()
+            await self.protocol.handle(RawData(data))
+        await self.protocol.handle(Closed())
+
+    async def _close(self) -> None:
+        # hypercorn 0.18's TCPServer._close swallows the OSErrors of a broken close but not
+        # ssl.SSLError, which asyncio raises from wait_closed() when the TLS close exchange
+        # goes wrong (APPLICATION_DATA_AFTER_CLOSE_NOTIFY from a client still sending as the
+        # straggler shutdown closes its socket). The connection is gone either way; letting
+        # the error escape failed the whole worker_serve() at shutdown.
+        try:
+            await super()._close()
+        except ssl.SSLError as exc:
+            refusal_logger.debug("event=close_failed detail=%s", _quote(str(exc)))
+
+
+_patch_lock = threading.Lock()
+_patch_users = 0
+
+
+@contextlib.contextmanager
+def _tls_scope_patch() -> Iterator[None]:
+    """Swap hypercorn's TCPServer for ours while at least one mTLS server runs."""
+    global _patch_users  # noqa: PLW0603 - one process-wide patch, reference-counted
+    if _ORIGINAL_TCP_SERVER is None:
+        raise ConfigurationError(
+            "this hypercorn has no hypercorn.asyncio.run.TCPServer; mtls-hooks supports 0.18.x"
+        )
+    with _patch_lock:
+        if _patch_users == 0:
+            setattr(hypercorn_run, "TCPServer", _TLSTCPServer)  # noqa: B010
+        _patch_users += 1
+    try:
+        yield
+    finally:
+        with _patch_lock:
+            _patch_users -= 1
+            if _patch_users == 0:
+                setattr(hypercorn_run, "TCPServer", _ORIGINAL_TCP_SERVER)  # noqa: B010
+
+
+# --------------------------------------------------------------------------- serving
+
+
+def create_sockets(config: ServerConfig) -> list[socket.socket]:
+    """Bind and listen on every ``config.bind`` address (SO_REUSEADDR, IPv6-only for v6).
+
+    Raises:
+        ConfigurationError: if an address cannot be bound.
+    """
+    sockets: list[socket.socket] = []
+    try:
+        for bind in config.bind:
+            host, port = parse_bind(bind)
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            try:
+                sock = socket.create_server(
+                    (host, port), family=family, backlog=_LISTEN_BACKLOG, reuse_port=False
+                )
+            except OSError as exc:
+                raise ConfigurationError(f"cannot bind {bind}: {exc.strerror}") from exc
+            sock.setblocking(False)
+            sockets.append(sock)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _no_delay(sock: socket.socket) -> None:
+    """Turn Nagle off on a listening socket; the connections it accepts inherit it (Linux).
+
+    asyncio sets TCP_NODELAY on accepted sockets only when ``sock.proto == IPPROTO_TCP``, and
+    ``socket.create_server`` leaves ``proto`` 0: without this, an answer written in two
+    pieces (headers, then body) waited ~40 ms for the peer's delayed ACK.
+    """
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _hypercorn_config(
+    config: ServerConfig, material: TLSMaterial, ready: Callable[[], None] | None
+) -> _MtlsHypercornConfig:
+    hc = _MtlsHypercornConfig(material, ready)
+    hc.bind = list(config.bind)
+    hc.insecure_bind = []
+    hc.quic_bind = []  # HTTP/3 ignores client certificates
+    hc.alpn_protocols = ["h2", "http/1.1"]
+    hc.backlog = _LISTEN_BACKLOG
+    hc.workers = 1  # per process; the supervisor runs the others
+    hc.ssl_handshake_timeout = config.handshake_timeout_s
+    hc.keep_alive_timeout = config.keep_alive_timeout_s
+    # Not hypercorn's read_timeout: it wraps every read in asyncio.wait_for (a task per
+    # read, ~25 % of a keep-alive request's CPU on 3.11). _TLSTCPServer keeps one timer.
+    hc.read_timeout = None
+    hc.silence_timeout_s = config.read_timeout_s
+    hc.keep_alive_max_requests = config.keep_alive_max_requests
+    hc.h11_max_incomplete_size = config.max_header_bytes
+    hc.h2_max_header_list_size = config.max_header_bytes
+    # hypercorn cancels what is left after its graceful_timeout; we shut the sockets of the
+    # stragglers down first (_abort_stragglers), so connection tasks end by EOF, not by a
+    # cancellation that Python 3.11's start_server callback reports as an error.
+    hc.graceful_timeout = config.graceful_timeout_s + _STRAGGLER_MARGIN_S
+    hc.accesslog = None
+    # A Logger object is used as is: hypercorn then adds no handler of its own.
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.loglevel = config.log_level
+    hc.include_server_header = False
+    return hc
+
+
+def _abort_stragglers(hc: _MtlsHypercornConfig) -> None:
+    # Runs graceful_timeout_s after the shutdown trigger. Without it hypercorn cancels
+    # connection tasks after its graceful_timeout, but TCPServer._close
+    # swallows the CancelledError while awaiting the TLS close_notify exchange, which waits
+    # up to asyncio's 30 s ssl_shutdown_timeout for a peer that may never answer (and its
+    # second writer.close() detaches the transport, so abort() is a no-op). Shutting the
+    # socket down makes the read side see EOF, which completes the TLS shutdown at once:
+    # shutdown is bounded by graceful_timeout.
+    for sock in list(hc.connections.values()):
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+async def serve_async(
+    app: Any,
+    config: ServerConfig,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
+    sockets: Sequence[socket.socket] | None = None,
+    ready: Callable[[], None] | None = None,
+    material: TLSMaterial | None = None,
+) -> None:
+    """Serve ``app`` in the running event loop until ``shutdown_trigger`` returns.
+
+    Args:
+        app: an ASGI application (a Quart app, or any ASGI 3 callable).
+        config: the server configuration; ``config.workers`` is ignored here (one process).
+        shutdown_trigger: awaited; when it returns the server shuts down gracefully.
+            Without it, SIGINT/SIGTERM stop the server when running in the main thread.
+        sockets: listening sockets to serve on instead of binding ``config.bind``; they
+            are closed when serving ends.
+        ready: called once the server accepts connections.
+        material: pre-built TLS material (to call :meth:`TLSMaterial.reload` from outside).
+
+    Raises:
+        ConfigurationError: invalid certificate, key, CA, CRL or pins; unbindable address.
+    """
+    loop = asyncio.get_running_loop()
+    if material is None:
+        material = TLSMaterial(config, on_refusal=log_refusal)
+    listening = list(sockets) if sockets is not None else create_sockets(config)
+    for sock in listening:
+        _no_delay(sock)
+    cleanups: list[Callable[[], Any]] = []
+    stop_watching = asyncio.Event()
+    watcher: asyncio.Task[None] | None = None
+    timers: list[asyncio.TimerHandle] = []
+    try:
+        if _in_main_thread():
+            cleanups.append(material.install_signal_handler(loop))
+        if shutdown_trigger is None:
+            stop = asyncio.Event()
+            if _in_main_thread():
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(signum, stop.set)
+                    cleanups.append(functools.partial(loop.remove_signal_handler, signum))
+            shutdown_trigger = stop.wait
+        if config.watch_files:
+            watcher = loop.create_task(material.watch(stop_watching))
+        hc = _hypercorn_config(config, material, ready)
+        trigger = shutdown_trigger
+
+        async def _bounded_shutdown_trigger() -> None:
+            await trigger()
+            timers.append(loop.call_later(config.graceful_timeout_s, _abort_stragglers, hc))
+
+        with _tls_scope_patch():
+            await hypercorn_run.worker_serve(
+                wrap_app(app, hc.wsgi_max_body_size, "asgi"),
+                hc,
+                sockets=Sockets(listening, [], []),
+                shutdown_trigger=_bounded_shutdown_trigger,
+            )
+    finally:
+        for timer in timers:
+            timer.cancel()
+        stop_watching.set()
+        if watcher is not None:
+            await watcher
+        for cleanup in reversed(cleanups):
+            cleanup()
+        for sock in listening:
+            sock.close()

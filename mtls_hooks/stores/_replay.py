@@ -1,0 +1,394 @@
+"""Webhook-id dedupe stores: run each message's handler once, however often it is delivered.
+
+Senders retry the same ``webhook-id`` for days (Standard Webhooks, "Retry schedule": the
+receiver must dedupe on it), and each retry is re-signed with a fresh timestamp, so the
+timestamp tolerance alone stops only replays by a third party, never a sender's own retries.
+A store therefore remembers ids for a *retention window* that covers the retry horizon
+(Stripe retries for 3 days, Svix for about 28 hours): :data:`DEFAULT_RETENTION_S` is 7 days.
+
+Every store follows one claim / complete / release protocol so that two concurrent deliveries
+of one id run the handler once:
+
+* :meth:`DedupeStore.claim` atomically takes an unseen (or expired) id and answers
+  :attr:`ClaimState.CLAIMED`; for an id already done it answers :attr:`ClaimState.DONE`,
+  for one another request holds, :attr:`ClaimState.IN_FLIGHT`.
+* :meth:`DedupeStore.complete` marks the id done for the retention window after success.
+* :meth:`DedupeStore.release` forgets a claim after a failure so the sender's retry runs again.
+
+A claim is a *lease* of ``lease_s`` seconds: if the process dies mid-handler, the id becomes
+claimable again once the lease ends. Handlers that may run longer than the lease must be
+idempotent themselves (or acknowledge first and work afterwards, which is advised anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import math
+import os
+import sqlite3
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Final, Protocol, TypeVar, runtime_checkable
+
+from mtls_hooks.core._errors import ConfigurationError
+
+__all__ = [
+    "DEFAULT_LEASE_S",
+    "DEFAULT_RETENTION_S",
+    "ClaimState",
+    "DedupeStore",
+    "MemoryDedupeStore",
+    "SQLiteDedupeStore",
+]
+
+DEFAULT_RETENTION_S: Final = 7 * 24 * 3600.0
+DEFAULT_LEASE_S: Final = 120.0
+DEFAULT_MAX_ENTRIES: Final = 100_000
+# Every this many claims, sweep at most this many expired ids: bounded work per request.
+_PURGE_BATCH: Final = 32
+
+
+class ClaimState(enum.Enum):
+    """The answer of :meth:`DedupeStore.claim`."""
+
+    CLAIMED = "claimed"
+    """The caller owns the id: run the handler, then ``complete`` or ``release`` it."""
+    DONE = "done"
+    """The id was processed within the retention window: acknowledge without running."""
+    IN_FLIGHT = "in-flight"
+    """Another request holds the id right now."""
+
+
+@runtime_checkable
+class DedupeStore(Protocol):
+    """Where processed webhook ids are remembered. Keys are opaque strings."""
+
+    async def claim(self, key: str) -> ClaimState:
+        """Atomically claim ``key`` unless it is done or held by a live lease."""
+        ...
+
+    async def complete(self, key: str) -> None:
+        """Mark a claimed ``key`` as processed for the retention window."""
+        ...
+
+    async def release(self, key: str) -> None:
+        """Drop an unfinished claim on ``key`` so a later delivery can run it."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the store's resources; the store is unusable afterwards."""
+        ...
+
+
+def _check_seconds(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{name} must be a number of seconds")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{name} must be finite and > 0, got {value!r}")
+    return float(value)
+
+
+def _check_windows(retention_s: float, lease_s: float) -> tuple[float, float]:
+    retention_s = _check_seconds("retention_s", retention_s)
+    lease_s = _check_seconds("lease_s", lease_s)
+    if lease_s > retention_s:
+        raise ConfigurationError("lease_s must not exceed retention_s")
+    return retention_s, lease_s
+
+
+class MemoryDedupeStore:
+    """An in-process, bounded, TTL dedupe store: the fast default.
+
+    State lives in one process: with several server workers, or across restarts, a retried
+    id can run again. Use :class:`SQLiteDedupeStore` when that matters.
+
+    When more than ``max_entries`` ids are live, the least recently written one is dropped
+    early (counted in :attr:`evicted`): that weakens idempotency for very old retries, never
+    replay protection, which the signature timestamp tolerance provides.
+    """
+
+    __slots__ = (
+        "_claims",
+        "_clock",
+        "_entries",
+        "evicted",
+        "lease_s",
+        "max_entries",
+        "retention_s",
+    )
+
+    def __init__(
+        self,
+        *,
+        retention_s: float = DEFAULT_RETENTION_S,
+        lease_s: float = DEFAULT_LEASE_S,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Create an empty store.
+
+        Args:
+            retention_s: how long a processed id is remembered.
+            lease_s: how long a claim without ``complete``/``release`` blocks the id.
+            max_entries: the bound on remembered ids.
+            clock: monotonic seconds; injected by tests.
+
+        Raises:
+            ConfigurationError: a non-positive window or bound, or a lease above the retention.
+        """
+        self.retention_s, self.lease_s = _check_windows(retention_s, lease_s)
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ConfigurationError("max_entries must be a positive integer")
+        self.max_entries = max_entries
+        self._clock = clock
+        # key -> (done, expires_at), ordered by claim time: the front expires first (a lease is
+        # shorter than the retention, so an expired lease further back is caught on lookup).
+        self._entries: OrderedDict[str, tuple[bool, float]] = OrderedDict()
+        self.evicted = 0
+        self._claims = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _purge(self, now: float) -> None:
+        entries = self._entries
+        for _ in range(_PURGE_BATCH):
+            if not entries:
+                return
+            oldest, (_, expires_at) = next(iter(entries.items()))
+            if expires_at > now:
+                return
+            del entries[oldest]
+
+    async def claim(self, key: str) -> ClaimState:
+        """Claim ``key``; see :class:`DedupeStore`."""
+        now = self._clock()
+        entries = self._entries
+        self._claims += 1
+        if not self._claims % _PURGE_BATCH:
+            # Amortised: one bounded sweep of the oldest ids every _PURGE_BATCH claims keeps
+            # the table at its live size without paying a sweep on every request.
+            self._purge(now)
+        entry = entries.get(key)
+        if entry is not None:
+            if entry[1] > now:
+                return ClaimState.DONE if entry[0] else ClaimState.IN_FLIGHT
+            entries.move_to_end(key)  # an expired id reclaimed: it is the newest again
+        entries[key] = (False, now + self.lease_s)
+        if len(entries) > self.max_entries:
+            entries.popitem(last=False)
+            self.evicted += 1
+        return ClaimState.CLAIMED
+
+    async def complete(self, key: str) -> None:
+        """Mark ``key`` done; see :class:`DedupeStore`."""
+        # Kept at its claim position: the order stays by claim time, and a done id expires a
+        # handler's run time after the ids claimed just before it, close enough for sweeping.
+        self._entries[key] = (True, self._clock() + self.retention_s)
+
+    async def release(self, key: str) -> None:
+        """Drop an unfinished claim; see :class:`DedupeStore`."""
+        entry = self._entries.get(key)
+        if entry is not None and not entry[0]:
+            del self._entries[key]
+
+    async def aclose(self) -> None:
+        """Forget every id."""
+        self._entries.clear()
+
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS mtls_hooks_dedupe (
+    key TEXT PRIMARY KEY,
+    done INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS mtls_hooks_dedupe_expiry ON mtls_hooks_dedupe (expires_at);
+"""
+# One statement, so the claim is atomic across connections and processes: insert, or take over
+# a row whose lease or retention ended; a live row is left alone (rowcount 0).
+_CLAIM_SQL: Final = """
+INSERT INTO mtls_hooks_dedupe (key, done, expires_at) VALUES (?1, 0, ?2)
+ON CONFLICT (key) DO UPDATE SET done = 0, expires_at = excluded.expires_at
+WHERE mtls_hooks_dedupe.expires_at <= ?3
+"""
+_STATE_SQL: Final = "SELECT done FROM mtls_hooks_dedupe WHERE key = ?1"
+_COMPLETE_SQL: Final = "UPDATE mtls_hooks_dedupe SET done = 1, expires_at = ?2 WHERE key = ?1"
+_RELEASE_SQL: Final = "DELETE FROM mtls_hooks_dedupe WHERE key = ?1 AND done = 0"
+_PURGE_SQL: Final = """
+DELETE FROM mtls_hooks_dedupe WHERE key IN (
+    SELECT key FROM mtls_hooks_dedupe WHERE expires_at <= ?1 LIMIT 1000
+)
+"""
+_T = TypeVar("_T")
+_BUSY_CODES: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+# Checkpoint the WAL after this many writes (about 4 KiB of WAL each), in the background:
+# SQLite's own auto-checkpoint would run it, with its fsyncs, inside a claim on the event loop.
+_WRITES_PER_CHECKPOINT: Final = 1000
+
+
+def _claim_on(conn: sqlite3.Connection, key: str, now: float, lease_s: float) -> ClaimState:
+    if conn.execute(_CLAIM_SQL, (key, now + lease_s, now)).rowcount == 1:
+        return ClaimState.CLAIMED
+    row = conn.execute(_STATE_SQL, (key,)).fetchone()
+    # A row purged between the two statements reads as in flight: the sender retries later.
+    return ClaimState.DONE if row is not None and row[0] else ClaimState.IN_FLIGHT
+
+
+class SQLiteDedupeStore:
+    """A persistent dedupe store in one SQLite file (WAL): survives restarts, shared by workers.
+
+    Statements run inline on the event loop: each is one short write (tens of µs) because the
+    fast connection never waits for a lock (``busy_timeout`` 0) and never checkpoints. When
+    another process holds the write lock the statement is retried on a private thread that
+    may wait up to ``busy_timeout_s``; purging expired ids and checkpointing the WAL happen on
+    that thread too, so the event loop never blocks on disk sync or lock waits.
+
+    ``synchronous=NORMAL``: a power loss may forget the last few completions (their retries
+    then run again) but cannot corrupt the file.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        retention_s: float = DEFAULT_RETENTION_S,
+        lease_s: float = DEFAULT_LEASE_S,
+        busy_timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Open (creating if needed) the store at ``path``.
+
+        Args:
+            path: the database file; several processes may share it.
+            retention_s: how long a processed id is remembered.
+            lease_s: how long a claim without ``complete``/``release`` blocks the id.
+            busy_timeout_s: how long the background thread waits for another process's lock.
+            clock: wall-clock seconds (expiry times are stored in the file); injected by tests.
+
+        Raises:
+            ConfigurationError: an in-memory path, a file that cannot be opened or switched to
+                WAL, or invalid windows.
+        """
+        self.retention_s, self.lease_s = _check_windows(retention_s, lease_s)
+        self.path = os.fspath(path)
+        if self.path in ("", ":memory:") or self.path.startswith("file::memory:"):
+            raise ConfigurationError(
+                "SQLiteDedupeStore needs a file path; use MemoryDedupeStore in memory"
+            )
+        self._clock = clock
+        self._writes = 0
+        self._maintenance: Future[None] | None = None
+        self._closed = False
+        self._fast = self._connect(busy_timeout_s=0.0)
+        try:
+            self._slow = self._connect(busy_timeout_s=busy_timeout_s)
+        except BaseException:
+            self._fast.close()
+            raise
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtls-hooks-dedupe")
+
+    def _connect(self, *, busy_timeout_s: float) -> sqlite3.Connection:
+        try:
+            # Autocommit (isolation_level=None): every statement is its own atomic transaction.
+            # check_same_thread=False: the slow connection is used only by the single worker
+            # thread, the fast one only by the event loop thread.
+            conn = sqlite3.connect(
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise ConfigurationError(f"cannot open dedupe database {self.path!r}: {exc}") from exc
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise ConfigurationError(
+                    f"dedupe database {self.path!r} cannot use WAL (journal_mode={mode})"
+                )
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise ConfigurationError(f"cannot use dedupe database {self.path!r}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def _run(self, call: Callable[[sqlite3.Connection], _T]) -> _T:
+        if self._closed:
+            raise RuntimeError("SQLiteDedupeStore is closed")
+        try:
+            return call(self._fast)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode not in _BUSY_CODES:
+                raise
+        # Another process writes right now: wait for the lock off the event loop.
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, call, self._slow)
+
+    def _wrote(self, now: float) -> None:
+        self._writes += 1
+        if self._writes >= _WRITES_PER_CHECKPOINT and (
+            self._maintenance is None or self._maintenance.done()
+        ):
+            self._writes = 0
+            self._maintenance = self._executor.submit(self._maintain, now)
+
+    def _maintain(self, now: float) -> None:
+        self._slow.execute(_PURGE_SQL, (now,))
+        self._slow.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    async def claim(self, key: str) -> ClaimState:
+        """Claim ``key``; see :class:`DedupeStore`.
+
+        Raises:
+            sqlite3.Error: the database failed (disk full, I/O error).
+        """
+        now = self._clock()
+        lease_s = self.lease_s
+        state = await self._run(lambda conn: _claim_on(conn, key, now, lease_s))
+        if state is ClaimState.CLAIMED:
+            self._wrote(now)
+        return state
+
+    async def complete(self, key: str) -> None:
+        """Mark ``key`` done; see :class:`DedupeStore`.
+
+        Raises:
+            sqlite3.Error: the database failed.
+        """
+        now = self._clock()
+        expires_at = now + self.retention_s
+        await self._run(lambda conn: conn.execute(_COMPLETE_SQL, (key, expires_at)))
+        self._wrote(now)
+
+    async def release(self, key: str) -> None:
+        """Drop an unfinished claim; see :class:`DedupeStore`.
+
+        Raises:
+            sqlite3.Error: the database failed.
+        """
+        await self._run(lambda conn: conn.execute(_RELEASE_SQL, (key,)))
+
+    def maintain(self) -> None:
+        """Purge expired ids and checkpoint the WAL now (normally done in the background)."""
+        self._maintain(self._clock())
+
+    def close(self) -> None:
+        """Finish background work and close both connections. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.shutdown(wait=True)
+        self._fast.close()
+        self._slow.close()
+
+    async def aclose(self) -> None:
+        """Close the store without blocking the event loop on pending background work."""
+        if self._closed:
+            return
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
