@@ -17,17 +17,21 @@ import mtls_hooks
 
 PACKAGE = Path(mtls_hooks.__file__).parent
 
-# Which parts each part may import (besides itself). The CLIs, ``__init__`` and ``testing``
-# sit on top; the core under everything.
+# Which parts each part may import (besides itself); the core is under everything.
 ALLOWED: dict[str, frozenset[str]] = {
     "core": frozenset(),
-    "stores": frozenset({"core"}),
-    "serving": frozenset({"core"}),
-    "sender": frozenset({"core"}),
-    "receiver": frozenset({"core", "serving", "stores"}),
-    "cli": frozenset({"core", "serving", "stores", "sender", "receiver"}),
-    "top": frozenset({"core", "serving", "stores", "sender", "receiver", "cli"}),
+    "metrics": frozenset({"core"}),
+    "proxy": frozenset({"core"}),
+    "queue": frozenset({"core", "metrics"}),
+    "stores": frozenset({"core", "queue", "metrics"}),
+    "serving": frozenset({"core", "proxy", "metrics"}),
+    "sender": frozenset({"core", "metrics"}),
+    "outbox": frozenset({"core", "queue", "sender", "metrics"}),
+    "receiver": frozenset({"core", "serving", "stores", "queue", "proxy", "metrics"}),
 }
+# The CLIs, ``__init__`` and ``testing`` sit on top of every other part.
+ALLOWED["cli"] = frozenset(ALLOWED)
+ALLOWED["top"] = frozenset(ALLOWED)
 # Third-party stacks a part must never import, even lazily.
 FORBIDDEN_STACKS: dict[str, frozenset[str]] = {
     "core": frozenset({"quart", "hypercorn", "httpx", "aiohttp", "werkzeug"}),
