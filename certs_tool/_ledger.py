@@ -77,9 +77,17 @@ class Ledger:
         return tuple(self._index.entries)
 
     def crl(
-        self, *, next_update: dt.timedelta = DEFAULT_CRL_VALIDITY
+        self,
+        *,
+        next_update: dt.timedelta = DEFAULT_CRL_VALIDITY,
+        last_update: dt.datetime | None = None,
     ) -> x509.CertificateRevocationList:
         """Sign a fresh CRL listing every revoked certificate.
+
+        Args:
+            next_update: how long after ``last_update`` the CRL stays valid.
+            last_update: when the CRL claims to be issued (default: now); a date far enough
+                in the past gives an expired CRL, for failing-twin tests.
 
         Raises:
             CertsToolError: if the CA directory cannot be updated.
@@ -92,11 +100,17 @@ class Ledger:
             revoked=self._index.revoked(),
             number=number,
             next_update=next_update,
+            last_update=last_update,
         )
 
-    def crl_pem(self, *, next_update: dt.timedelta = DEFAULT_CRL_VALIDITY) -> Blob:
+    def crl_pem(
+        self,
+        *,
+        next_update: dt.timedelta = DEFAULT_CRL_VALIDITY,
+        last_update: dt.datetime | None = None,
+    ) -> Blob:
         """A fresh CRL as PEM; see :meth:`crl`."""
-        return crl_pem(self.crl(next_update=next_update))
+        return crl_pem(self.crl(next_update=next_update, last_update=last_update))
 
     def configure_crl(self, ctx: ssl.SSLContext) -> None:
         """Load a fresh CRL of this CA into ``ctx`` and check the peer's leaf against it.

@@ -24,14 +24,16 @@ def build_crl(
     revoked: Iterable[tuple[int, dt.datetime]],
     number: int,
     next_update: dt.timedelta,
+    last_update: dt.datetime | None = None,
 ) -> x509.CertificateRevocationList:
     """Sign a CRL listing ``revoked`` ``(serial, time)`` pairs.
 
     It carries the CRL number and the AKI (both required by RFC 5280 §5.2.1 and §5.2.3,
     non-critical) and a nextUpdate, without which OpenSSL treats the CRL as never
-    expiring.
+    expiring. ``last_update`` (default: now) dates the CRL; with it in the past, the
+    nextUpdate can be too: an expired CRL, as one that nobody republished.
     """
-    now = dt.datetime.now(dt.UTC)
+    now = last_update or dt.datetime.now(dt.UTC)
     ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     builder = (
         x509.CertificateRevocationListBuilder()

@@ -215,6 +215,28 @@ def test_ca_directory_round_trip(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("signed_days_ago", "valid_days", "expired"),
+    [
+        pytest.param(0, 7, False, id="fresh"),
+        pytest.param(10, 7, True, id="expired"),
+        pytest.param(7, 8, False, id="old-but-valid"),
+    ],
+)
+def test_crl_dates(signed_days_ago: int, valid_days: int, expired: bool) -> None:
+    ca = CA()
+    now = dt.datetime.now(dt.UTC)
+    signed = (now - dt.timedelta(days=signed_days_ago)).replace(microsecond=0)  # X.509 time
+    crl = ca.crl(last_update=signed, next_update=dt.timedelta(days=valid_days))
+    # Backdated five minutes like certificates; nextUpdate counts from the signing time.
+    assert crl.last_update_utc == signed - dt.timedelta(minutes=5)
+    assert crl.next_update_utc == signed + dt.timedelta(days=valid_days)
+    assert (crl.next_update_utc < now) is expired
+    assert crl.is_signature_valid(ca.certificate.public_key())  # type: ignore[arg-type]
+    pem = ca.crl_pem(last_update=signed, next_update=dt.timedelta(days=valid_days)).bytes()
+    assert x509.load_pem_x509_crl(pem).next_update_utc == crl.next_update_utc
+
+
 def test_intermediate_directory_round_trip(tmp_path: Path) -> None:
     inter = CA().create_intermediate()
     inter.save_dir(tmp_path)

@@ -1,0 +1,119 @@
+"""A CRL that is expired, or that no client CA signed, is refused at start-up and at reload.
+
+OpenSSL rejects *every* client once an expired CRL is loaded ("CRL has expired"), and a CRL
+that no client CA signed is either ignored or fatal depending on the issuer: both are
+configuration errors, caught before a socket is bound, and a reload that brings one keeps
+the material in use. The forged case matters most: a CRL whose issuer *name* is the client
+CA's but whose signature is another key's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from certs_tool import CA
+from mtls_hooks import ConfigurationError
+from mtls_hooks.serving._serving import serve_async
+from mtls_hooks.testing import running_server
+from tests.serving.apps import app
+from tests.serving.conftest import Identity, LogCollector, Pki
+
+BadCrl = Callable[[Pki], bytes]
+
+
+def _expired(pki: Pki) -> bytes:
+    # Signed by the right CA ten days ago, valid for seven: nobody republished it.
+    signed = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
+    return pki.ca.crl_pem(last_update=signed, next_update=dt.timedelta(days=7)).bytes()
+
+
+def _other_issuer(pki: Pki) -> bytes:
+    return CA(name="some other CA").crl_pem().bytes()
+
+
+def _forged(pki: Pki) -> bytes:
+    # Same issuer name as the client CA, another key: only the signature tells them apart.
+    name = pki.ca.certificate.subject.rfc4514_string().removeprefix("CN=")
+    impostor = CA(name=name)
+    assert impostor.certificate.subject == pki.ca.certificate.subject
+    return impostor.crl_pem().bytes()
+
+
+BAD_CRLS = [
+    pytest.param(_expired, r"CRL .* expired at \d{4}-\d\d-\d\d \d\d:\d\d UTC", id="expired"),
+    pytest.param(_other_issuer, r"CRL .* is not signed by any client CA", id="other-issuer"),
+    pytest.param(_forged, r"CRL .* is not signed by any client CA", id="forged-issuer-name"),
+]
+
+
+def _status(server_url: str, pki: Pki, identity: Identity) -> int:
+    with httpx.Client(verify=pki.context(identity), timeout=10.0) as client:
+        return client.get(server_url).status_code
+
+
+@pytest.mark.parametrize(("make_crl", "message"), BAD_CRLS)
+def test_bad_crl_is_a_startup_error(fresh_pki: Pki, make_crl: BadCrl, message: str) -> None:
+    Path(fresh_pki.crl_file).write_bytes(make_crl(fresh_pki))
+    config = fresh_pki.config(fresh_pki.identity("alpha"), crl=(fresh_pki.crl_file,))
+    with pytest.raises(ConfigurationError, match=message):
+        config.check_files()
+    with pytest.raises(ConfigurationError, match=message), running_server(app, config):
+        pytest.fail("the server started with a bad CRL")
+
+
+def test_serve_refuses_a_bad_crl_before_serving(fresh_pki: Pki) -> None:
+    Path(fresh_pki.crl_file).write_bytes(_expired(fresh_pki))
+    config = fresh_pki.config(fresh_pki.identity("alpha"), crl=(fresh_pki.crl_file,))
+    # The bound only stops a regression from hanging the suite: serve_async must raise at
+    # once, before it serves anything.
+    with (
+        socket.create_server(("127.0.0.1", 0)) as sock,
+        pytest.raises(ConfigurationError, match="expired"),
+    ):
+        asyncio.run(asyncio.wait_for(serve_async(app, config, sockets=[sock]), 15.0))
+
+
+def test_crl_close_to_its_next_update_is_accepted(fresh_pki: Pki) -> None:
+    """The twin of ``expired``: valid for one more minute is valid."""
+    signed = dt.datetime.now(dt.UTC) - dt.timedelta(days=7)
+    crl = fresh_pki.ca.crl_pem(last_update=signed, next_update=dt.timedelta(days=7, minutes=6))
+    crl.write_to_path(fresh_pki.crl_file, force=True)
+    alpha = fresh_pki.identity("alpha")
+    config = fresh_pki.config(alpha, crl=(fresh_pki.crl_file,))
+    with running_server(app, config) as server:
+        assert _status(server.url("/whoami"), fresh_pki, alpha) == 200
+
+
+@pytest.mark.parametrize(("make_crl", "message"), BAD_CRLS)
+def test_bad_crl_at_reload_keeps_the_old_material(
+    fresh_pki: Pki, make_crl: BadCrl, message: str
+) -> None:
+    alpha, revoked = fresh_pki.identity("alpha"), fresh_pki.identity("revoked")
+    fresh_pki.ca.revoke(revoked.issued)
+    fresh_pki.write_crl()
+    config = fresh_pki.config(alpha, revoked, crl=(fresh_pki.crl_file,))
+    with LogCollector("mtls_hooks.reload") as log, running_server(app, config) as server:
+        before = server.material.current
+        Path(fresh_pki.crl_file).write_bytes(make_crl(fresh_pki))
+        assert server.reload() is False
+        assert server.material.current is before
+        [line] = [line for line in log.lines if "event=reload_failed" in line]
+        assert "kept=old-material" in line
+        assert re.search(message, line), line  # the same reason as at start-up
+        # The old CRL still decides: alpha is served, the revoked client still refused.
+        assert _status(server.url("/whoami"), fresh_pki, alpha) == 200
+        with pytest.raises(httpx.TransportError):
+            _status(server.url("/whoami"), fresh_pki, revoked)
+
+        fresh_pki.write_crl()  # a fresh, valid CRL: the twin, taken
+        assert server.reload() is True
+        assert server.material.current.generation == before.generation + 1
+        assert _status(server.url("/whoami"), fresh_pki, alpha) == 200
