@@ -1,5 +1,8 @@
 """``mtls-hooks send URL``: deliver one signed webhook over mTLS and show every attempt.
 
+With ``--file events.jsonl`` it sends one event per line instead, with bounded concurrency,
+a progress display and a summary table (:mod:`mtls_hooks.cli._bulk`).
+
 Its retry defaults suit a person at a terminal (:meth:`RetryPolicy.interactive`: a few short,
 jittered waits, done within about a minute); the library's defaults reach hours further.
 Secrets and passphrases are read from the environment or a file, so they stay out of ``ps``.
@@ -15,6 +18,7 @@ from typing import Any
 
 from tenacity import stop_after_attempt
 
+from mtls_hooks.cli._bulk import send_file
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.sender._results import redact_url
 from mtls_hooks.sender._retry import RetryPolicy
@@ -29,8 +33,10 @@ examples:
       --pin sha256/AAAA...= --type invoice.paid --data '{"id": "inv_1"}'
   mtls-hooks send URL --pkcs12 client.p12 --key-password-file pass.txt \\
       --secret-file whsec.txt --data @event.json --max-attempts 2
+  mtls-hooks send URL --cert client.pem --key client.key --ca receiver-ca.pem \\
+      --file events.jsonl --concurrency 16 --skip-bad-lines
 
-Exit status: 0 when the receiver answered 2xx, 1 otherwise (one line on stderr).
+Exit status: 0 when the receiver answered 2xx (every event with --file), 1 otherwise.
 """
 
 
@@ -72,13 +78,21 @@ def add_parser(subparsers: Any) -> None:
     signing.add_argument("--secret-env", metavar="VAR", help="variable holding the key(s)")
     signing.add_argument("--secret-file", metavar="FILE", help="file with one key per line")
     message = parser.add_argument_group("message")
-    message.add_argument(
-        "--data", default="{}", metavar="JSON|@FILE", help="the JSON payload (default {})"
-    )
+    message.add_argument("--data", metavar="JSON|@FILE", help="the JSON payload (default {})")
     message.add_argument(
         "--type", dest="event_type", metavar="T", help='wrap it as {"type", "timestamp", "data"}'
     )
     message.add_argument("--id", dest="webhook_id", metavar="ID", help="webhook-id (default new)")
+    bulk = parser.add_argument_group("bulk (one JSON event per line)")
+    bulk.add_argument("--file", metavar="JSONL", help="send every line of this file")
+    bulk.add_argument(
+        "--concurrency", type=int, default=8, metavar="N", help="deliveries in flight (8)"
+    )
+    bulk.add_argument(
+        "--skip-bad-lines",
+        action="store_true",
+        help="report malformed lines and send the rest (default: send nothing)",
+    )
     retry = parser.add_argument_group("retries")
     retry.add_argument("--max-attempts", type=int, default=4, metavar="N", help="default 4")
     retry.add_argument("--deadline", type=float, default=60.0, metavar="S", help="default 60 s")
@@ -122,7 +136,7 @@ def _signing_keys(args: argparse.Namespace) -> list[str]:
 
 
 def _payload(args: argparse.Namespace) -> object:
-    text: str = args.data
+    text: str = "{}" if args.data is None else args.data
     source = "--data"
     if text.startswith("@"):
         source = text[1:]
@@ -147,6 +161,10 @@ def run(args: argparse.Namespace) -> int:
     """
     if args.cert and args.pkcs12:
         raise ConfigurationError("give --cert/--key or --pkcs12, not both")
+    if args.file and (args.data is not None or args.webhook_id):
+        raise ConfigurationError("--file sends its own lines: drop --data and --id")
+    if args.concurrency < 1:
+        raise ConfigurationError("--concurrency must be >= 1")
     password: str | None = None
     if args.key_password_env:
         password = _env(args.key_password_env, "passphrase")
@@ -157,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         deadline_s=args.deadline,
         attempt_timeout_s=args.timeout,
     )
-    payload = _payload(args)
+    payload = None if args.file else _payload(args)
     with WebhookSender(
         signing_keys=_signing_keys(args),
         ca_file=args.ca,
@@ -168,8 +186,18 @@ def run(args: argparse.Namespace) -> int:
         pins=args.pins,
         http2=args.http2,
         retry=policy,
-        max_connections=1,
+        max_connections=args.concurrency if args.file else 1,
     ) as sender:
+        if args.file:
+            summary = send_file(
+                sender,
+                args.url,
+                args.file,
+                event_type=args.event_type,
+                concurrency=args.concurrency,
+                skip_bad_lines=args.skip_bad_lines,
+            )
+            return 0 if summary.failed == 0 else 1
         # A DeliveryError propagates: the dispatcher prints it as one line and exits 1.
         result = sender.send(
             args.url, payload, event_type=args.event_type, webhook_id=args.webhook_id
