@@ -1,0 +1,173 @@
+"""The embedded default: the queue in one SQLite file (WAL), shared by the processes of one
+machine.
+
+SQLite has one writer at a time, so a claim is a single ``UPDATE ... RETURNING`` statement
+and needs no row locks; readers never block the writer under WAL. Each store object keeps
+one connection behind a lock, and waits up to ``busy_timeout_s`` for another process's write
+lock. ``synchronous=FULL`` by default: an enqueue that returned survives a power loss, not
+only a killed process (``?synchronous=normal`` in the URL trades that for speed: a killed
+process still loses nothing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Final
+
+from mtls_hooks.core._errors import ConfigurationError
+from mtls_hooks.queue._protocol import StoreUnavailableError
+from mtls_hooks.queue._sql import Cursor, SqlQueueStore
+
+__all__ = ["SQLiteQueueStore"]
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS mtls_hooks_jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    queue TEXT NOT NULL,
+    target TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    meta TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    tries INTEGER NOT NULL,
+    run_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    idempotency_key TEXT,
+    fifo_key TEXT,
+    lease_owner TEXT,
+    lease_expires_at REAL,
+    last_error TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS mtls_hooks_jobs_idempotency
+    ON mtls_hooks_jobs (queue, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS mtls_hooks_jobs_due
+    ON mtls_hooks_jobs (queue, run_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS mtls_hooks_jobs_leased
+    ON mtls_hooks_jobs (queue, lease_expires_at) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS mtls_hooks_jobs_fifo ON mtls_hooks_jobs (queue, fifo_key, seq)
+    WHERE fifo_key IS NOT NULL AND state IN ('pending', 'running');
+CREATE INDEX IF NOT EXISTS mtls_hooks_jobs_state ON mtls_hooks_jobs (queue, state, target);
+CREATE TABLE IF NOT EXISTS mtls_hooks_attempts (
+    job_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    latency_s REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    status_code INTEGER,
+    error TEXT,
+    detail TEXT NOT NULL,
+    worker TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mtls_hooks_attempts_job ON mtls_hooks_attempts (job_id, number);
+CREATE TABLE IF NOT EXISTS mtls_hooks_targets (
+    name TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    enabled INTEGER NOT NULL,
+    disabled_reason TEXT,
+    failing_since REAL,
+    tokens REAL,
+    tokens_at REAL
+);
+"""
+_SYNCHRONOUS: Final = ("full", "normal")
+
+
+class SQLiteQueueStore(SqlQueueStore):
+    """The queue in a SQLite file; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "full",
+        busy_timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Open (creating if needed) the queue at ``path``.
+
+        Args:
+            path: the database file; the processes of one machine may share it.
+            synchronous: ``"full"`` (survives power loss) or ``"normal"``.
+            busy_timeout_s: how long to wait for another process's write lock.
+            clock: epoch seconds; injected by tests.
+
+        Raises:
+            ConfigurationError: an in-memory path or a bad ``synchronous``.
+            StoreUnavailableError: the file cannot be opened or switched to WAL.
+        """
+        super().__init__(clock=clock)
+        self.path = os.fspath(path)
+        if self.path in ("", ":memory:") or self.path.startswith("file:"):
+            raise ConfigurationError("a SQLite queue needs a file path, shared by its workers")
+        if synchronous not in _SYNCHRONOUS:
+            raise ConfigurationError(
+                f"synchronous must be one of {_SYNCHRONOUS}, got {synchronous!r}"
+            )
+        self.url = f"sqlite:///{self.path}"
+        self._lock = threading.Lock()
+        self._closed = False
+        try:
+            # Autocommit; transactions are opened explicitly. One connection used from any
+            # thread, one at a time under self._lock.
+            conn = sqlite3.connect(
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"cannot open queue database {self.path!r}: {exc}") from exc
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreUnavailableError(
+                    f"queue database {self.path!r} cannot use WAL (journal_mode={mode})"
+                )
+            conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreUnavailableError(f"cannot use queue database {self.path!r}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def __repr__(self) -> str:
+        return f"SQLiteQueueStore({self.path!r})"
+
+    @contextlib.contextmanager
+    def _cursor(self, *, transaction: bool) -> Iterator[Cursor]:
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailableError("the queue store is closed")
+            conn = self._conn
+            cursor = conn.cursor()
+            try:
+                if not transaction:
+                    yield cursor
+                    return
+                # IMMEDIATE: take the write lock up front, so a read-then-write cannot meet
+                # another writer half-way (SQLITE_BUSY would then not wait).
+                cursor.execute("BEGIN IMMEDIATE")
+                try:
+                    yield cursor
+                except BaseException:
+                    conn.rollback()
+                    raise
+                cursor.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailableError(f"queue database {self.path!r}: {exc}") from exc
+            finally:
+                cursor.close()
+
+    def close(self) -> None:
+        """Close the connection; idempotent."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
