@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from werkzeug.datastructures import Headers
 
+from mtls_hooks.core import _signing as signing_module
 from mtls_hooks.core._errors import (
     ConfigurationError,
     SignatureError,
@@ -523,3 +527,137 @@ def test_reference_library_rejects_our_signature_for_another_secret() -> None:
     signed = Signer([HmacSecret.generate()]).sign(b"{}", webhook_id="msg_x")
     with pytest.raises(WebhookVerificationError, match="No matching signature"):
         Webhook(HmacSecret.generate().export()).verify(b"{}", signed.as_dict())
+
+
+# --- keys: junk inside otherwise valid base64 ---------------------------------------------
+
+
+def _seeded_ed25519_key(needed: str) -> Ed25519SigningKey:
+    """A fixed Ed25519 key whose whsk_ and whpk_ texts both contain every char of ``needed``."""
+    for counter in range(10_000):
+        seed = hashlib.sha256(counter.to_bytes(4, "big")).digest()
+        key = Ed25519SigningKey(Ed25519PrivateKey.from_private_bytes(seed))
+        texts = (key.export(), key.public_key.export())
+        if all(char in text for text in texts for char in needed):
+            return key
+    raise AssertionError("no seed gave a key with every needed character")
+
+
+_JUNK_ED_KEY = _seeded_ed25519_key("+/")
+# whsec_ of 32 bytes (one '=' of padding), whsk_ of 64 bytes ('=='), whpk_ of 32 bytes ('='):
+# each text holds '+' and '/', so the URL-safe alphabet changes it.
+GOOD_KEY_TEXTS = {
+    "whsec": "whsec_" + b64(bytes([0xFB, 0xEF, 0xFF]) * 10 + b"k!"),
+    "whsk": _JUNK_ED_KEY.export(),
+    "whpk": _JUNK_ED_KEY.public_key.export(),
+}
+_B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _noncanonical(data: str) -> str:
+    """Set an unused low bit of the last symbol: strict base64 decoding ignores it."""
+    stripped = data.rstrip("=")
+    last = _B64_ALPHABET[_B64_ALPHABET.index(stripped[-1]) ^ 1]
+    return stripped[:-1] + last + data[len(stripped) :]
+
+
+# Each placement turns the base64 after the prefix into junk that a lenient decoder accepts
+# (non-strict binascii skips non-alphabet characters and stops at the first padding).
+JUNK_PLACEMENTS: dict[str, Callable[[str], str]] = {
+    "space-inside": lambda d: d[:10] + " " + d[10:],
+    "newline-inside": lambda d: d[:10] + "\n" + d[10:],
+    "tab-inside": lambda d: d[:10] + "\t" + d[10:],
+    "nul-inside": lambda d: d[:10] + "\0" + d[10:],
+    "bang-inside": lambda d: d[:10] + "!" + d[10:],
+    "asterisk-inside": lambda d: d[:10] + "*" + d[10:],
+    "dot-inside": lambda d: d[:10] + "." + d[10:],
+    "non-ascii-inside": lambda d: d[:10] + "é" + d[11:],
+    "padding-in-the-middle": lambda d: d[:8] + "=" + d[9:],
+    "padding-quad-in-the-middle": lambda d: d[:8] + "====" + d[8:],
+    "leading-padding": lambda d: "=" + d,
+    "extra-padding": lambda d: d + "=",
+    "data-after-padding": lambda d: d + "AAAA",
+    "url-safe-alphabet": lambda d: d.translate(str.maketrans("+/", "-_")),
+    "missing-padding": lambda d: d.rstrip("="),
+    "one-char-short": lambda d: d[:10] + d[11:],
+    "one-char-long": lambda d: d[:10] + "A" + d[10:],
+    "padding-after-whole-quads": lambda d: d[: len(d.rstrip("=")) // 4 * 4] + "=",
+    "non-canonical-trailing-bits": _noncanonical,
+}
+
+
+@pytest.mark.parametrize("kind", list(GOOD_KEY_TEXTS))
+@pytest.mark.parametrize("placement", list(JUNK_PLACEMENTS))
+def test_junk_inside_valid_base64_is_refused(kind: str, placement: str) -> None:
+    good = GOOD_KEY_TEXTS[kind]
+    prefix, _, data = good.partition("_")
+    parsed = parse_key(good)  # the twin: the clean text is a key
+    assert parsed.export() == good
+    junk = f"{prefix}_{JUNK_PLACEMENTS[placement](data)}"
+    assert junk != good
+    with pytest.raises(ConfigurationError) as info:
+        parse_key(junk)
+    assert data[:16] not in str(info.value)
+    assert "_" + data[:8] not in repr(info.value)
+
+
+@pytest.mark.parametrize("kind", list(GOOD_KEY_TEXTS))
+def test_surrounding_whitespace_of_a_key_file_is_tolerated(kind: str) -> None:
+    good = GOOD_KEY_TEXTS[kind]
+    assert parse_key(f"  {good}\n").export() == good
+
+
+# --- v1 compares in constant time ---------------------------------------------------------
+
+
+class DigestSpy:
+    """Stands in for the ``hmac`` module of one of ours: records every ``compare_digest``.
+
+    ``verdict`` forces the answer; ``None`` delegates to the real function.
+    """
+
+    def __init__(self, verdict: bool | None) -> None:
+        self.verdict = verdict
+        self.calls: list[tuple[bytes, bytes]] = []
+
+    def compare_digest(self, a: bytes, b: bytes) -> bool:
+        self.calls.append((a, b))
+        return hmac.compare_digest(a, b) if self.verdict is None else self.verdict
+
+
+def _spy_on(monkeypatch: pytest.MonkeyPatch, verdict: bool | None) -> DigestSpy:
+    spy = DigestSpy(verdict)
+    monkeypatch.setattr(signing_module, "hmac", spy)
+    return spy
+
+
+def test_v1_verdict_is_the_constant_time_comparison(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `==` (or any other comparison) in place of compare_digest fails here."""
+    verifier = Verifier([SECRET], clock=fixed(VECTOR_TIMESTAMP))
+    authentic = vector_headers()
+    forged = vector_headers(**{_SIG: _WRONG})
+    expected = base64.b64decode(VECTOR_SIGNATURE.removeprefix("v1,"))
+
+    spy = _spy_on(monkeypatch, verdict=False)
+    with pytest.raises(SignatureError) as info:
+        verifier.verify(authentic, VECTOR_BODY)
+    assert info.value.reason == "bad-signature"
+    assert spy.calls == [(expected, expected)]
+
+    spy = _spy_on(monkeypatch, verdict=True)
+    assert verifier.verify(forged, VECTOR_BODY).version == "v1"
+    assert spy.calls == [(expected, b"x" * 32)]
+
+
+def test_v1_compares_every_candidate_with_every_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No early exit: timing does not tell which key or which entry matched."""
+    other = HmacSecret.generate()
+    verifier = Verifier([SECRET, other], clock=fixed(VECTOR_TIMESTAMP))
+    headers = vector_headers(**{_SIG: f"{VECTOR_SIGNATURE} {_WRONG}"})
+    spy = _spy_on(monkeypatch, verdict=None)
+    assert verifier.verify(headers, VECTOR_BODY).webhook_id == VECTOR_ID
+    assert len(spy.calls) == 4
+    assert {candidate for _, candidate in spy.calls} == {
+        base64.b64decode(VECTOR_SIGNATURE[3:]),
+        b"x" * 32,
+    }

@@ -46,10 +46,17 @@ def _decode(text: object, prefix: str, kind: str) -> bytes:
     text = text.strip()  # Tolerate the trailing newline of a secret read from a file or env.
     if not text.startswith(prefix):
         raise ConfigurationError(f"{kind} must start with {prefix!r}")
+    encoded = text[len(prefix) :]
     try:
-        return binascii.a2b_base64(text[len(prefix) :], strict_mode=True)
+        raw = binascii.a2b_base64(encoded, strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         raise ConfigurationError(f"{kind} after {prefix!r} is not valid base64") from exc
+    # Strict mode still accepts padding after a complete quad ("AAAA=") and set unused bits in
+    # the last symbol, so a mangled text can decode to some other valid-length key: only the
+    # canonical encoding (RFC 4648 §3.5) of the bytes is a key.
+    if binascii.b2a_base64(raw, newline=False) != encoded.encode("ascii"):
+        raise ConfigurationError(f"{kind} after {prefix!r} is not canonical base64")
+    return raw
 
 
 def _fingerprint(material: bytes) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hmac
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from certs_tool import IssuedCert
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.core._identity import PeerIdentity
+from mtls_hooks.receiver import _endpoint as endpoint_module
 from mtls_hooks.receiver._endpoint import EndpointSettings, compile_endpoint, merge_options
 from tests.receiver.conftest import Sender
 
@@ -90,3 +92,47 @@ def test_identity_verdicts_are_cached_per_certificate(
 def test_path_must_be_absolute(sender: Sender) -> None:
     with pytest.raises(ConfigurationError, match="path must start"):
         compile_endpoint("x", "hooks", merge_options([("t", {"keys": [sender.key]})]))
+
+
+class DigestSpy:
+    """Stands in for ``_endpoint``'s ``hmac`` module: records every ``compare_digest``.
+
+    ``verdict`` forces the answer; ``None`` delegates to the real function.
+    """
+
+    def __init__(self, verdict: bool | None) -> None:
+        self.verdict = verdict
+        self.calls: list[tuple[bytes, bytes]] = []
+
+    def compare_digest(self, a: bytes, b: bytes) -> bool:
+        self.calls.append((a, b))
+        return hmac.compare_digest(a, b) if self.verdict is None else self.verdict
+
+
+@pytest.mark.parametrize(
+    ("raw", "verdict", "ok"),
+    [
+        # The verdict follows the comparison, whatever the bytes: a `==` would not.
+        pytest.param(b"hooks:pa:ss", False, False, id="right-credentials-compared-unequal"),
+        pytest.param(b"Hookz:wrong", True, True, id="wrong-credentials-compared-equal"),
+        # Both parts always, also when the first already differs (no short-circuit).
+        pytest.param(b"hooks:pa:ss", None, True, id="right"),
+        pytest.param(b"Hookz:pa:ss", None, False, id="wrong-user"),
+        pytest.param(b"hooks:pa:sS", None, False, id="wrong-password"),
+        pytest.param(b"Hookz:wrong", None, False, id="both-wrong"),
+        pytest.param(b"hookspass", None, False, id="no-colon"),
+    ],
+)
+def test_basic_credentials_are_decided_by_two_constant_time_comparisons(
+    sender: Sender,
+    monkeypatch: pytest.MonkeyPatch,
+    raw: bytes,
+    verdict: bool | None,
+    ok: bool,
+) -> None:
+    ep = settings(sender, basic_auth=("hooks", "pa:ss"))
+    spy = DigestSpy(verdict)
+    monkeypatch.setattr(endpoint_module, "hmac", spy)
+    assert ep.basic_auth_ok(_basic(raw)) is ok
+    username, _, password = raw.partition(b":")
+    assert spy.calls == [(username, b"hooks"), (password, b"pa:ss")]

@@ -457,3 +457,80 @@ async def test_quart_max_content_length_also_gives_a_problem(rig: Rig) -> None:
     )
     assert response.status_code == 413
     assert (await problem(response))["reason"] == "too-large"
+
+
+PEER_RULES = [
+    pytest.param({"allow": ["uri:spiffe://test.example/payments/*"]}, id="allow-rule"),
+    pytest.param({"pins": ["<sender-pin>"]}, id="spki-pin"),
+]
+
+
+@pytest.mark.parametrize("rules", PEER_RULES)
+async def test_rules_refuse_a_request_without_a_certificate_even_when_peers_are_optional(
+    sender: Sender,
+    sender_cert: IssuedCert,
+    stranger_cert: IssuedCert,
+    log_lines: LogLines,
+    rules: dict[str, list[str]],
+) -> None:
+    """require_peer=False lifts the certificate requirement only where no rule names peers."""
+    rules = {
+        name: [sender_cert.spki_pin if value == "<sender-pin>" else value for value in values]
+        for name, values in rules.items()
+    }
+    app = Quart(__name__)
+    hooks = WebhookReceiver(app, keys=[sender.key], require_peer=False)
+    hooks.endpoint("/ruled", name="ruled", **rules)  # type: ignore[arg-type]
+    hooks.endpoint("/open", name="open")
+    ran: list[str] = []
+    hooks.on_any(lambda event: ran.append(event.endpoint))
+    client = cast(QuartClient, app.test_client())
+
+    async def post(path: str, cert: IssuedCert | None, scope: dict[str, Any] | None = None) -> Any:
+        body, headers = sender.request()
+        scope = tls_scope(cert) if scope is None else scope
+        return await client.post(path, data=body, headers=headers, scope_base=scope)
+
+    # The twins: the named peer passes, and without rules no certificate is needed.
+    assert (await post("/ruled", sender_cert)).status_code == 204
+    assert (await post("/open", None)).status_code == 204
+    assert ran == ["ruled", "open"]
+
+    refused = await post("/ruled", None)
+    assert refused.status_code == 403
+    assert (await problem(refused))["reason"] == "no-client-certificate"
+    assert log_lines.last()["reason"] == "no-client-certificate"
+    other = await post("/ruled", stranger_cert)
+    assert other.status_code == 403
+    assert (await problem(other))["reason"] == "identity-not-allowed"
+    unreadable = {"extensions": {"tls": {"client_cert_chain": ["not a certificate"]}}}
+    junk = await post("/ruled", None, unreadable)
+    assert junk.status_code == 403
+    assert (await problem(junk))["reason"] == "no-client-certificate"
+    assert ran == ["ruled", "open"]
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+async def test_dedupe_keys_are_per_endpoint(sender: Sender, tmp_path: Any, store: str) -> None:
+    """One webhook-id sent to two endpoints runs each endpoint's handler once."""
+    app = Quart(__name__)
+    app.config["MTLS_HOOKS_KEYS"] = [sender.key]
+    if store == "sqlite":
+        app.config["MTLS_HOOKS_DEDUPE_PATH"] = str(tmp_path / "dedupe.db")
+    hooks = WebhookReceiver(app, require_peer=False)
+    runs: list[tuple[str, str]] = []
+    for name in ("billing", "shipping"):
+        hooks.endpoint(f"/hooks/{name}", name=name)
+    hooks.on_any(lambda event: runs.append((event.endpoint, event.id)))
+    webhook_id = Signer.new_webhook_id()
+    async with app.test_app() as test_app:
+        client = cast(QuartClient, test_app.test_client())
+        answers = []
+        for path in ("/hooks/billing", "/hooks/shipping", "/hooks/billing", "/hooks/shipping"):
+            body, headers = sender.request(webhook_id=webhook_id)
+            answers.append(await client.post(path, data=body, headers=headers))
+        kind = type(hooks.store(app)).__name__
+    assert kind == ("SQLiteDedupeStore" if store == "sqlite" else "MemoryDedupeStore")
+    assert [a.status_code for a in answers] == [204] * 4
+    assert ["Webhook-Duplicate" in a.headers for a in answers] == [False, False, True, True]
+    assert runs == [("billing", webhook_id), ("shipping", webhook_id)]
