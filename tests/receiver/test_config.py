@@ -8,11 +8,13 @@ from typing import Any
 import pytest
 from quart import Quart
 
+from certs_tool import CA, IssuedCert
 from mtls_hooks.core._errors import ConfigurationError
+from mtls_hooks.core._identity import PeerIdentity
 from mtls_hooks.core._settings_names import ENDPOINT_OPTION_NAMES, STORE_NAMES
 from mtls_hooks.receiver._endpoint import EndpointOptions
 from mtls_hooks.receiver._receiver import _RECEIVER_KEYS, EXTENSION_KEY, WebhookReceiver
-from mtls_hooks.stores._replay import MemoryDedupeStore, SQLiteDedupeStore
+from mtls_hooks.stores._replay import ClaimState, MemoryDedupeStore, SQLiteDedupeStore
 from tests.receiver.conftest import Sender
 
 
@@ -62,7 +64,13 @@ def test_unknown_config_key_names_the_closest(key: str, suggestion: str, sender:
 
 def test_server_settings_under_the_prefix_are_not_typos(sender: Sender) -> None:
     app = make_app(MTLS_HOOKS_KEYS=[sender.key], MTLS_HOOKS_CLIENT_CA=["ca.pem"], OTHER=1)
-    WebhookReceiver(app, path="/hooks")
+    hooks = WebhookReceiver(app, path="/hooks")
+    assert app.extensions[EXTENSION_KEY] is hooks
+    assert hooks.settings(app, "default").path == "/hooks"
+    # The twin: the same app with a misspelt server key is refused.
+    typo = make_app(MTLS_HOOKS_KEYS=[sender.key], MTLS_HOOKS_CLIENT_CAS=["ca.pem"])
+    with pytest.raises(ConfigurationError, match="'MTLS_HOOKS_CLIENT_CA'"):
+        WebhookReceiver(typo, path="/hooks")
 
 
 def test_unknown_constructor_and_endpoint_options_are_refused() -> None:
@@ -223,7 +231,7 @@ def test_environment_settings_are_defaults_beneath_app_config(
 
 
 def test_server_and_sender_variables_are_left_to_them(
-    sender: Sender, monkeypatch: pytest.MonkeyPatch
+    sender: Sender, monkeypatch: pytest.MonkeyPatch, certs_ca: CA, stranger_cert: IssuedCert
 ) -> None:
     # In the environment, PINS and ALLOW are the server's handshake rules: as endpoint
     # defaults they would widen an endpoint's own allow list (a peer matching any rule passes).
@@ -235,9 +243,18 @@ def test_server_and_sender_variables_are_left_to_them(
     hooks = WebhookReceiver(app, path="/hooks")
     hooks.endpoint("/billing", name="billing", allow=["uri:spiffe://test.example/billing"])
     assert hooks.settings(app, "default").policy is None
-    policy = hooks.settings(app, "billing").policy
-    assert policy is not None
-    assert not policy.spki_pins
+    # The environment's ALLOW would admit every test.example workload: it must not widen
+    # billing's own rule, nor put a rule on the default endpoint.
+    billing = hooks.settings(app, "billing")
+    outsider = PeerIdentity.from_certificate(stranger_cert.certificate)
+    insider = PeerIdentity.from_certificate(
+        certs_ca.issue_client("billing", uris=["spiffe://test.example/billing"]).certificate
+    )
+    assert billing.identity_refusal(insider) is None
+    refusal = billing.identity_refusal(outsider)
+    assert refusal is not None
+    assert refusal[0] == "identity-not-allowed"
+    assert hooks.settings(app, "default").identity_refusal(outsider) is None
 
 
 def test_unknown_environment_variable_names_the_closest(
@@ -275,3 +292,75 @@ def test_handlers_for_an_unknown_endpoint_are_refused(sender: Sender) -> None:
     initialised = WebhookReceiver(make_app(MTLS_HOOKS_KEYS=[sender.key]), path="/x", name="x")
     with pytest.raises(ConfigurationError, match="unknown endpoint"):
         initialised.on("a", endpoint="y")(lambda event: None)
+
+
+class Clock:
+    """Seconds that move only when the test says so (the store's injected clock)."""
+
+    def __init__(self) -> None:
+        self.now_s = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("source", ["app.config", "environment"])
+async def test_dedupe_settings_reach_the_store(
+    sender: Sender, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, kind: str
+) -> None:
+    settings = {
+        "MTLS_HOOKS_RETENTION_S": "3600",
+        "MTLS_HOOKS_LEASE_S": "30",
+        "MTLS_HOOKS_DEDUPE_MAX_ENTRIES": "2",
+    }
+    if kind == "sqlite":
+        settings["MTLS_HOOKS_DEDUPE_PATH"] = str(tmp_path / "settings.db")
+    app = make_app(MTLS_HOOKS_KEYS=[sender.key])
+    if source == "environment":
+        for name, value in settings.items():
+            monkeypatch.setenv(name, value)
+    else:
+        app.config.update(settings)
+    hooks = WebhookReceiver(app, path="/hooks", require_peer=False)
+    runs: list[str] = []
+    hooks.on_any(lambda event: runs.append(event.id))
+    store = hooks.store(app)
+    assert isinstance(store, SQLiteDedupeStore if kind == "sqlite" else MemoryDedupeStore)
+    assert (store.retention_s, store.lease_s) == (3600.0, 30.0)
+    clock = Clock()
+    store._clock = clock  # the seam the stores take in their constructors
+    if isinstance(store, MemoryDedupeStore):
+        assert store.max_entries == 2
+
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+
+        async def deliver(webhook_id: str) -> int:
+            body, headers = sender.request(webhook_id=webhook_id)
+            response = await client.post("/hooks", data=body, headers=headers)
+            assert response.status_code == 204
+            return len(runs)
+
+        # Retention: remembered for 3600 s, not a second longer.
+        assert await deliver("msg_retained") == 1
+        clock.now_s += 3599
+        assert await deliver("msg_retained") == 1
+        clock.now_s += 2
+        assert await deliver("msg_retained") == 2
+        # Lease: an abandoned claim blocks its id for 30 s.
+        assert await store.claim("default msg_abandoned") is ClaimState.CLAIMED
+        clock.now_s += 29
+        assert await store.claim("default msg_abandoned") is ClaimState.IN_FLIGHT
+        clock.now_s += 2
+        assert await store.claim("default msg_abandoned") is ClaimState.CLAIMED
+        if isinstance(store, MemoryDedupeStore):
+            # Two entries at most: a third id pushes the oldest out early.
+            evicted = store.evicted
+            for webhook_id in ("msg_one", "msg_two", "msg_three"):
+                await deliver(webhook_id)
+            assert store.evicted > evicted
+            assert len(store) == 2
+            await deliver("msg_one")
+            assert runs.count("msg_one") == 2  # evicted early: it ran again

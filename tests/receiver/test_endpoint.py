@@ -86,7 +86,9 @@ def test_identity_verdicts_are_cached_per_certificate(
         verdict = ep.identity_refusal(refused)
         assert verdict is not None
         assert verdict[0] == "identity-not-allowed"
-    assert ep.identity_refusal(None) is not None
+    no_peer = ep.identity_refusal(None)
+    assert no_peer is not None
+    assert no_peer[0] == "no-client-certificate"
 
 
 def test_path_must_be_absolute(sender: Sender) -> None:
