@@ -208,7 +208,8 @@ class _SenderBase:
             http2: offer HTTP/2 (needs the ``h2`` package; the async twin then uses httpx).
             headers: extra headers for every request.
             clock: wall clock in epoch seconds, for signature timestamps and HTTP-dates.
-            monotonic: clock of the total deadline.
+            monotonic: clock of the total deadline, of each try's budget and of the
+                latency recorded per attempt.
             sleep: how to wait between tries; the sync twin calls it, the async twin awaits
                 it if it returns an awaitable. Tests inject one so they never sleep.
 
@@ -325,10 +326,12 @@ class _SenderBase:
     def _budget(self, delivery: _Delivery) -> tuple[float, float]:
         """Time one try may take: ``(seconds, monotonic reading at which it is up)``.
 
-        The attempt timeout, capped by what is left of the total deadline. The seconds bound
-        each blocking step of the HTTP library; the reading is checked between the chunks
-        of the body (:meth:`_keep`), so a receiver trickling its body cannot stretch a try.
-        (Headers trickled to the sync twin still can: httpx reads them with no hook for us.)
+        The attempt timeout, capped by what is left of the total deadline; ``reading -
+        seconds`` is the try's start. The reading bounds the whole try, so a receiver
+        trickling its answer a byte per read cannot stretch it: the async twin's timeouts
+        cover it all, the sync twin's network backend (``_deadline``) caps each blocking step
+        of httpx by the time left, and both check it between the chunks of the body
+        (:meth:`_keep`).
         """
         now = self._monotonic()
         timeout = self.retry.attempt_timeout_s

@@ -232,14 +232,14 @@ class RetryPolicy:
         stop: a tenacity stop (``stop_after_attempt(8)``); the deadline is added to it.
         wait: a tenacity wait; :class:`wait_retry_after` around :class:`wait_backoff`.
         retry: a tenacity retry predicate over :class:`AttemptFailed`.
-        attempt_timeout_s: bound on each try, always capped by the time left before the
-            deadline. The async twin bounds the whole try by it (aiohttp's total timeout,
-            asyncio's over httpx). The sync twin (httpx) stops reading a body still
-            arriving when it is spent, and bounds each blocking step before the body by it
-            (connect, write, pool wait, each read of the status line and headers): a body
-            chunk may end at most one read past it, but a receiver trickling its headers
-            can stretch a sync try further.
+        attempt_timeout_s: bound on each whole try (connect, handshake, request, status
+            line, headers and body), always capped by the time left before the deadline.
+            The async twin bounds it with aiohttp's total timeout (asyncio's over httpx);
+            the sync twin caps each blocking step of httpx by the try's time left, so a
+            receiver trickling its answer a byte at a time cannot stretch either.
         deadline_s: bound on the whole delivery, tries and waits; ``None`` for no bound.
+            No try outlives it, so a hostile receiver holds a caller no longer than the
+            deadline (name resolution aside: the system resolver bounds it).
     """
 
     stop: stop_base = dataclasses.field(default_factory=lambda: stop_after_attempt(8))

@@ -13,6 +13,7 @@ import tenacity
 
 from mtls_hooks.core._errors import DeliveryError
 from mtls_hooks.sender._base import WebhookMessage, _Delivery, _SenderBase
+from mtls_hooks.sender._deadline import DeadlineBackend, deadline_transport
 from mtls_hooks.sender._results import DeliveryResult
 from mtls_hooks.sender._retry import AttemptFailed
 
@@ -29,8 +30,20 @@ class WebhookSender(_SenderBase):
     """
 
     def _open(self) -> None:
+        options = self._httpx_options()
+        # httpx bounds each read, not a try: the backend caps every blocking step by the time
+        # the try has left (see _deadline), so status line and headers count too.
+        backend = DeadlineBackend(self._monotonic)
+        self._try_end = backend.try_end
+        transport = deadline_transport(
+            backend,
+            ssl_context=options.pop("verify"),
+            http2=options.pop("http2"),
+            limits=options.pop("limits"),
+        )
         self._client = httpx.Client(
-            **self._httpx_options(),
+            **options,
+            transport=transport,
             # A receiver's cookies must not follow us to the next delivery.
             cookies=http.cookiejar.CookieJar(
                 http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
@@ -83,7 +96,8 @@ class WebhookSender(_SenderBase):
     def _attempt(self, delivery: _Delivery) -> None:
         headers = self._sign(delivery)
         timeout, up_at = self._budget(delivery)
-        started = time.perf_counter()
+        started = up_at - timeout  # the reading _budget took
+        self._try_end.up_at = up_at  # this thread's try, for every blocking step
         kept = bytearray()
         try:
             # Streamed: only the start of the body is kept (see _SenderBase._keep). Closing
@@ -93,14 +107,14 @@ class WebhookSender(_SenderBase):
                 delivery.url,
                 content=delivery.body,
                 headers=headers,
-                timeout=timeout,  # connect, write, read and pool wait: each step
+                timeout=timeout,  # the pool wait; the backend caps the other steps
             ) as response:
                 for chunk in response.iter_raw():
                     if self._keep(kept, chunk, up_at):  # the whole answer: see _budget
                         break
         except (httpx.HTTPError, OSError, httpx.InvalidURL, ValueError) as exc:
-            raise self._failed(delivery, exc, time.perf_counter() - started) from exc
-        latency = time.perf_counter() - started
+            raise self._failed(delivery, exc, self._monotonic() - started) from exc
+        latency = self._monotonic() - started
         self._answer(delivery, response.status_code, response.headers, bytes(kept), latency)
 
     def send_many(

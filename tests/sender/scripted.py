@@ -15,8 +15,11 @@ import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 __all__ = [
+    "Drip",
+    "Dripped",
     "Recorded",
     "Reset",
     "ScriptedServer",
@@ -43,7 +46,13 @@ class Reset:
 
 @dataclass(frozen=True)
 class Stall:
-    """Read the request and never answer (until the server stops)."""
+    """Read the request and send nothing for ``hold_s`` (or until the server stops), then close.
+
+    Bounded: a sender whose timeout failed to fire sees the connection close (a transport
+    error, not a timeout), so its test fails instead of hanging the suite.
+    """
+
+    hold_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,40 @@ class Trickle:
     slow_head: bool = False  # the status line and headers a byte at a time too
 
 
-Action = Status | Reset | Stall | Trickle
+@dataclass(frozen=True)
+class Drip:
+    """Answer 200 with an empty body, its status line and headers sent a byte at a time.
+
+    The head is ``head_bytes`` long (an ``x-padding`` header fills it) and its bytes leave
+    ``interval_s`` apart: each read of the sender's is quick, the answer takes
+    ``head_bytes * interval_s``. ``before_byte`` runs before each byte, as in :class:`Trickle`.
+    With ``hang_up_after``, the server closes the connection ``interval_s`` after that many
+    bytes instead. The server records how far each drip got in :attr:`ScriptedServer.drips`.
+    """
+
+    head_bytes: int = 600
+    interval_s: float = 0.1
+    before_byte: Callable[[], object] = lambda: None
+    hang_up_after: int | None = None
+
+    def head(self) -> bytes:
+        start = b"HTTP/1.1 200 Scripted\r\ncontent-length: 0\r\nx-padding: "
+        padding = self.head_bytes - len(start) - len(b"\r\n\r\n")
+        if padding < 1:
+            raise ValueError(f"head_bytes must exceed {len(start) + 4}")
+        return start + b"p" * padding + b"\r\n\r\n"
+
+
+@dataclass(frozen=True)
+class Dripped:
+    """How far one trickled or dripped answer got before it ended, and why it ended."""
+
+    sent_bytes: int
+    total_bytes: int
+    ended_by: Literal["done", "hang-up", "stop"]
+
+
+Action = Status | Reset | Stall | Trickle | Drip
 
 
 @dataclass(frozen=True)
@@ -84,6 +126,7 @@ class ScriptedServer:
         self.http_bytes = 0
         self.connections = 0
         self.handshake_errors: list[str] = []
+        self.drips: list[Dripped] = []  # every Trickle and Drip, in the order they ended
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -155,10 +198,14 @@ class ScriptedServer:
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return False
         if isinstance(action, Stall):
-            self._stop.wait()
+            self._stop.wait(action.hold_s)
             return False
         if isinstance(action, Trickle):
             return self._trickle(conn, action)
+        if isinstance(action, Drip):
+            dripped = action.head()[: action.hang_up_after]
+            done = self._drip(conn, dripped, b"", action.before_byte, action.interval_s)
+            return done and action.hang_up_after is None
         head = f"HTTP/1.1 {action.code} Scripted\r\ncontent-length: {len(action.body)}\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in action.headers.items())
         try:
@@ -170,18 +217,38 @@ class ScriptedServer:
 
     def _trickle(self, conn: ssl.SSLSocket, action: Trickle) -> bool:
         head = f"HTTP/1.1 {action.code} Scripted\r\ncontent-length: {action.size}\r\n\r\n"
-        slow = head.encode() if action.slow_head else b""
+        if action.slow_head:
+            return self._drip(conn, head.encode() + b"x" * action.size, b"",
+                              action.before_byte, action.interval_s)  # fmt: skip
+        return self._drip(conn, b"x" * action.size, head.encode(), action.before_byte,
+                          action.interval_s)  # fmt: skip
+
+    def _drip(
+        self,
+        conn: ssl.SSLSocket,
+        data: bytes,
+        first: bytes,
+        before_byte: Callable[[], object],
+        interval_s: float,
+    ) -> bool:
+        """Send ``first`` at once, then ``data`` a byte per ``interval_s``; record the end."""
+        sent = 0
+        ended_by: Literal["done", "hang-up", "stop"] = "done"
         try:
-            if not action.slow_head:
-                conn.sendall(head.encode())
-            for byte in slow + b"x" * action.size:
-                action.before_byte()
+            if first:
+                conn.sendall(first)
+            for byte in data:
+                before_byte()
                 conn.sendall(bytes([byte]))
-                if self._stop.wait(action.interval_s):
-                    return False
+                sent += 1
+                if self._stop.wait(interval_s):
+                    ended_by = "stop"
+                    break
         except OSError:  # the sender gave up on the answer and closed the connection
-            return False
-        return True
+            ended_by = "hang-up"
+        with self._lock:
+            self.drips.append(Dripped(sent, len(data), ended_by))
+        return ended_by == "done"
 
     def start(self) -> None:
         self._acceptor = threading.Thread(target=self.serve, daemon=True)
@@ -190,6 +257,9 @@ class ScriptedServer:
     def stop(self) -> None:
         """Stop accepting, then wait for every connection thread (idempotent)."""
         self._stop.set()
+        with contextlib.suppress(OSError):  # already stopped
+            # Wakes the acceptor's accept() at once on Linux, instead of at its next poll.
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         # The acceptor first: once it is gone no connection thread can still be starting.
         self._acceptor.join(timeout=5)

@@ -8,8 +8,9 @@ from collections.abc import Callable
 import pytest
 from tenacity import stop_after_attempt
 
-from mtls_hooks.core._errors import RetriesExhaustedError
-from mtls_hooks.sender._outcomes import ANSWER_KEEP_BYTES
+from mtls_hooks.core._errors import RetriesExhaustedError, StatusError
+from mtls_hooks.core._problem import PROBLEM_CONTENT_TYPE
+from mtls_hooks.sender._outcomes import _PROBLEM_MAX_BYTES
 from tests.sender.conftest import KINDS, FakeTime, SenderPki, deliver, exact_kwargs
 from tests.sender.scripted import ScriptedServer, Status, Trickle
 
@@ -42,8 +43,30 @@ def test_huge_answers_are_capped_and_their_connections_dropped(
     assert server.connections == 1 + 2
 
 
-def test_the_cap_covers_what_classification_reads() -> None:
-    assert ANSWER_KEEP_BYTES >= 16 * 1024
+def _problem_of(size_bytes: int) -> bytes:
+    # A problem document of exactly size_bytes, its detail last: cut anywhere, it is no JSON.
+    start, end = b'{"title": "Forbidden", "padding": "', b'", "detail": "read to the end"}'
+    return start + b"p" * (size_bytes - len(start) - len(end)) + end
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("size_bytes", "expected"),
+    [
+        pytest.param(_PROBLEM_MAX_BYTES, "403 Forbidden: read to the end", id="largest-problem"),
+        pytest.param(_PROBLEM_MAX_BYTES + 1, '403: {"title": "Forbidden", "pad', id="one-more"),
+    ],
+)
+def test_the_cap_keeps_all_that_classification_reads(
+    pki: SenderPki, fake_time: FakeTime, serve: Serve, *, kind: str, size_bytes: int, expected: str
+) -> None:
+    # The largest problem document the parser reads arrives in two TLS records, and each twin
+    # must keep all of it to quote its detail; a byte more is quoted as a snippet instead.
+    body = _problem_of(size_bytes)
+    server = serve([Status(403, {"Content-Type": PROBLEM_CONTENT_TYPE}, body)])
+    with pytest.raises(StatusError) as caught:
+        deliver(kind, exact_kwargs(pki, fake_time), server.url(), b"{}")
+    assert str(caught.value).startswith(f"receiver answered {expected}")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -81,19 +104,3 @@ def test_trickling_answer_stops_within_the_budget(
     # later than the budget by a few seconds at most, the minute the answer takes never.
     ended_at = min(r for r in readings if r >= budget_s)
     assert ended_at <= budget_s + 5
-
-
-def test_async_httpx_bounds_trickled_headers(
-    pki: SenderPki, fake_time: FakeTime, serve: Serve
-) -> None:
-    # http2=True takes httpx (HTTP/1.1 here: the scripted server offers no h2), whose
-    # per-read timeouts alone would wait out all the slow header bytes. asyncio's timeout
-    # runs on the event loop's real clock, so this bound is in real time, with 3x slack.
-    server = serve([Trickle(200, size=60, interval_s=0.05, slow_head=True)])
-    kwargs = exact_kwargs(pki, fake_time, attempt_timeout_s=0.5, stop=stop_after_attempt(1))
-    with pytest.raises(RetriesExhaustedError, match="TimeoutError: no answer in time") as caught:
-        deliver("async", {**kwargs, "http2": True}, server.url(), b"{}")
-    assert caught.value.result is not None
-    (attempt,) = caught.value.result.attempts
-    assert attempt.error == "TimeoutError"
-    assert attempt.latency_s < 3 * 0.5

@@ -117,10 +117,14 @@ def test_configuration_errors_are_one_line(
 def test_secret_never_printed(
     pki: SenderPki, serve: Serve, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server = serve([Status(400)])
-    main(["send", server.url(), *_tls(pki), "--data", json.dumps({"a": 1})])
+    server = serve([Status(400, body=b"no")])
+    assert main(["send", server.url(), *_tls(pki), "--data", json.dumps({"a": 1})]) == 1
     captured = capsys.readouterr()
-    assert SECRET not in captured.out + captured.err
+    # The error line was printed (so there was text that could have leaked), without it.
+    assert "receiver answered 400: no" in captured.err
+    assert len(server.requests) == 1
+    for secret in (SECRET, SECRET.removeprefix("whsec_")):
+        assert secret not in captured.out + captured.err
 
 
 def test_rotation_keys_from_a_file_and_the_default_variable(

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 from tenacity import stop_after_attempt
 
 from mtls_hooks.core._errors import RetriesExhaustedError, StatusError, TLSError
 from tests.nginx import NginxServer, Response, nginx_available, run_nginx
-from tests.sender.conftest import KINDS, SECRET, FakeTime, SenderPki, deliver, exact_policy
+from tests.peers import missing
+from tests.sender.conftest import (
+    KINDS,
+    SECRET,
+    FakeTime,
+    SenderPki,
+    deliver,
+    exact_kwargs,
+    exact_policy,
+)
 
 pytestmark = pytest.mark.nginx
 
@@ -20,9 +28,7 @@ pytestmark = pytest.mark.nginx
 @pytest.fixture(scope="module")
 def nginx(pki: SenderPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxServer]:
     if not nginx_available():
-        if os.environ.get("CI"):
-            pytest.fail("nginx is missing in CI: .ci/install-peers should have installed it")
-        pytest.skip("nginx is not installed (run .ci/install-peers)")
+        missing("nginx")  # skips outside CI only
     with run_nginx(
         tmp_path_factory.mktemp("nginx"),
         cert=pki.path("server.pem"),
@@ -43,12 +49,21 @@ def _entries_for(nginx: NginxServer, webhook_id: str, count: int = 1) -> list[di
         time.sleep(0.01)
 
 
+def _kwargs(pki: SenderPki, fake_time: FakeTime, **tls: Any) -> dict[str, Any]:
+    # A fake sleep, never the default day-long policy with a real one: a change that made
+    # a refusal here retryable fails the test in a few fake seconds instead of hanging it.
+    return {**exact_kwargs(pki, fake_time), **tls}
+
+
 @pytest.mark.parametrize("form", ["pem", "encrypted", "pkcs12"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_delivers_to_nginx(kind: str, form: str, pki: SenderPki, nginx: NginxServer) -> None:
-    result = deliver(kind, {"signing_keys": SECRET, **pki.client(form)}, nginx.url + "/hook",
-                     {"form": form})  # fmt: skip
+def test_delivers_to_nginx(
+    kind: str, form: str, pki: SenderPki, nginx: NginxServer, fake_time: FakeTime
+) -> None:
+    kwargs = _kwargs(pki, fake_time, **pki.client(form))
+    result = deliver(kind, kwargs, nginx.url + "/hook", {"form": form})
     assert result.ok
+    assert fake_time.sleeps == []
     (entry,) = _entries_for(nginx, result.webhook_id)
     assert entry["status"] == "200"
     assert entry["ssl_client_verify"] == "SUCCESS"
@@ -78,25 +93,45 @@ def test_retry_after_from_nginx(
     assert len({e["connection"] for e in entries}) == 1
 
 
+def _logged_through_marker(
+    kind: str, pki: SenderPki, nginx: NginxServer, fake_time: FakeTime
+) -> list[dict[str, str]]:
+    """Deliver a marker and wait for its log line; return the log up to and with it.
+
+    nginx's one worker logs each request as it finishes, in order: once a sequential client's
+    marker is logged, every request it sent before is too. No sleep needed.
+    """
+    marker = deliver(kind, _kwargs(pki, fake_time), nginx.url + "/hook", b"{}")
+    _entries_for(nginx, marker.webhook_id)
+    entries = nginx.access_entries()
+    ids = [e["webhook_id"] for e in entries]
+    assert marker.webhook_id in ids
+    return entries[: ids.index(marker.webhook_id) + 1]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_pin_mismatch_never_reaches_nginx(
-    kind: str, pki: SenderPki, nginx: NginxServer, tmp_path: Path
+    kind: str, pki: SenderPki, nginx: NginxServer, fake_time: FakeTime
 ) -> None:
-    time.sleep(0.05)  # let nginx log what earlier tests sent
-    before = len(nginx.access_entries())
+    before = _logged_through_marker(kind, pki, nginx, fake_time)
     wrong = pki.ca.issue_client(common_name="other key").spki_pin
-    with pytest.raises(TLSError, match="not in pins"):
-        deliver(kind, {"signing_keys": SECRET, **pki.client(), "pins": [wrong]}, nginx.url, b"{}")
-    time.sleep(0.1)
-    assert len(nginx.access_entries()) == before  # not one HTTP request was logged
+    with pytest.raises(TLSError, match="not in pins") as caught:
+        deliver(kind, _kwargs(pki, fake_time, pins=[wrong]), nginx.url, b"{}")
+    assert caught.value.attempts == 1
+    after = _logged_through_marker(kind, pki, nginx, fake_time)
+    # Between the two markers, not one HTTP request was logged.
+    assert after[: len(before)] == before
+    assert len(after) == len(before) + 1
+    assert fake_time.sleeps == []
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_expired_client_certificate_refused_by_nginx(
-    kind: str, pki: SenderPki, nginx: NginxServer
+    kind: str, pki: SenderPki, nginx: NginxServer, fake_time: FakeTime
 ) -> None:
     expired = {"certfile": pki.path("expired.pem"), "keyfile": pki.path("expired.key")}
     # nginx finishes the handshake and answers 400 "The SSL certificate error" (its 495 page).
     with pytest.raises(StatusError, match=r"400.*SSL certificate error") as caught:
-        deliver(kind, {"signing_keys": SECRET, **pki.client(), **expired}, nginx.url, b"{}")
+        deliver(kind, _kwargs(pki, fake_time, **expired), nginx.url, b"{}")
     assert caught.value.attempts == 1
+    assert fake_time.sleeps == []

@@ -23,6 +23,7 @@ from mtls_hooks.sender._retry import (
 from tests.sender.conftest import SECRET, FakeTime, SenderPki, deliver, exact_policy
 from tests.sender.scripted import ScriptedServer, Status
 
+Serve = Callable[..., ScriptedServer]
 NOW = 1_700_000_000.0
 
 
@@ -105,26 +106,54 @@ def test_only_retryable_failures_are_retried() -> None:
     assert not retry(_state(1, ValueError("a bug is not retried")))
 
 
-def _total_max_wait(policy: RetryPolicy, attempts: int) -> float:
-    assert isinstance(policy.wait, wait_retry_after)
-    backoff = policy.wait.fallback
-    assert isinstance(backoff, wait_backoff)
-    exact = wait_backoff(initial_s=backoff.initial_s, multiplier=backoff.multiplier,
-                         max_s=backoff.max_s, jitter=0)  # fmt: skip
-    return sum(exact(_state(n)) for n in range(1, attempts)) * (1 + backoff.jitter)
+def _exhaust(
+    policy: RetryPolicy, script: list[Status], pki: SenderPki, fake_time: FakeTime, serve: Serve
+) -> RetriesExhaustedError:
+    server = serve(script)
+    kwargs = {"signing_keys": SECRET, **pki.client(), **fake_time.kwargs(), "retry": policy}
+    with pytest.raises(RetriesExhaustedError) as caught:
+        deliver("sync", kwargs, server.url(), b"{}")
+    return caught.value
 
 
-def test_interactive_schedule_fits_in_a_minute() -> None:
-    policy = RetryPolicy.interactive()
-    assert policy.deadline_s == 60
-    assert _total_max_wait(policy, 4) < 40
+def _near(waits: list[float], nominal: list[float], jitter: float = 0.2) -> bool:
+    return len(waits) == len(nominal) and all(
+        n * (1 - jitter) <= w <= n * (1 + jitter) for w, n in zip(waits, nominal, strict=True)
+    )
 
 
-def test_default_schedule_reaches_hours_within_a_day() -> None:
-    policy = RetryPolicy.default()
-    total = _total_max_wait(policy, 8)
-    assert 12 * 3600 < total < 24 * 3600
-    assert policy.deadline_s == 24 * 3600
+def test_interactive_schedule_fits_in_a_minute(
+    pki: SenderPki, fake_time: FakeTime, serve: Serve
+) -> None:
+    # As documented: 4 tries, waiting about 2 s, 6 s and 18 s.
+    policy = RetryPolicy.interactive(rng=random.Random(7))
+    error = _exhaust(policy, [Status(503)] * 4, pki, fake_time, serve)
+    assert str(error).startswith("gave up after 4 attempt(s) (attempt limit)")
+    assert _near(fake_time.sleeps, [2, 6, 18])
+    assert sum(fake_time.sleeps) < 40
+
+
+def test_interactive_deadline_stops_at_a_minute(
+    pki: SenderPki, fake_time: FakeTime, serve: Serve
+) -> None:
+    # Retry-After 30 each time: the third try ends at 60 s, and a third wait would pass it.
+    policy = RetryPolicy.interactive(rng=random.Random(7))
+    script = [Status(503, {"Retry-After": "30"})] * 4
+    error = _exhaust(policy, script, pki, fake_time, serve)
+    assert str(error).startswith("gave up after 3 attempt(s) (deadline of 60 s)")
+    assert fake_time.sleeps == [30.0, 30.0]
+
+
+def test_default_schedule_reaches_hours_within_a_day(
+    pki: SenderPki, fake_time: FakeTime, serve: Serve
+) -> None:
+    # As documented: 8 tries within 24 h, waiting about 5 s, 30 s, 3 min, 18 min, 1.8 h,
+    # 8 h and 8 h; the day-long deadline never cuts that schedule short.
+    policy = RetryPolicy.default(rng=random.Random(7))
+    error = _exhaust(policy, [Status(503)] * 8, pki, fake_time, serve)
+    assert str(error).startswith("gave up after 8 attempt(s) (attempt limit)")
+    assert _near(fake_time.sleeps, [5, 30, 180, 1080, 6480, 28800, 28800])
+    assert 12 * 3600 < sum(fake_time.sleeps) < 24 * 3600
 
 
 @pytest.mark.parametrize(
