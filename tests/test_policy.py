@@ -111,6 +111,30 @@ def test_fingerprint_forms() -> None:
             id="spiffe-exact-but-two-uri-sans-is-not-an-svid",
         ),
         pytest.param(
+            "uri:spiffe://td.example/billing/*",
+            identity(uris=("spiffe://td.example/billing/api", "spiffe://td.example/billing/b")),
+            False,
+            id="spiffe-prefix-two-ids-under-the-prefix-is-not-an-svid",
+        ),
+        pytest.param(
+            "uri:spiffe://td.example/billing/*",
+            identity(uris=("spiffe://td.example/billing/api", "https://td.example/")),
+            False,
+            id="spiffe-prefix-id-beside-an-https-uri-is-not-an-svid",
+        ),
+        pytest.param(
+            "uri:spiffe://td.example/billing/*",
+            identity(uris=("https://td.example/", "spiffe://td.example/billing/api")),
+            False,
+            id="spiffe-prefix-id-second-of-two-is-not-an-svid",
+        ),
+        pytest.param(
+            "uri:spiffe://td.example/*",
+            identity(uris=("spiffe://td.example/billing/api",) * 2),
+            False,
+            id="spiffe-domain-rule-same-id-twice-is-not-an-svid",
+        ),
+        pytest.param(
             "uri:https://example.com/hooks",
             identity(uris=("https://example.com/hooks", "https://x.example")),
             True,
