@@ -7,15 +7,19 @@ with a message saying so: do not "fix" them by loosening the assertions.
 
 from __future__ import annotations
 
-import asyncio
+import base64
+import hashlib
 import json
+import os
+import socket
 import ssl
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 import httpx
 import hypercorn.asyncio.run as hypercorn_run
+import hypercorn.asyncio.tcp_server as hypercorn_tcp_server
 import pytest
 
 from mtls_hooks.core._identity import peer_from_scope
@@ -32,6 +36,7 @@ SPEC_KEYS = {
     "tls_version",
     "cipher_suite",
 }
+_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 UPGRADE_BROKE_IT = (
     "the ASGI 'tls' extension no longer reaches the scope: a Hypercorn change broke the "
     "TCPServer swap in mtls_hooks/_serving.py (see ../shared/DESIGN.md); pin hypercorn back "
@@ -69,33 +74,55 @@ def test_http_scope_has_tls(raw_server: ServerHandle, pki: Pki, cast: Cast, http
     with httpx.Client(verify=pki.context(cast.alpha, http2=http2), http2=http2) as client:
         body = client.get(raw_server.url("/")).json()
     assert body["type"] == "http"
-    assert body["tls"] is not None, UPGRADE_BROKE_IT
     _assert_spec_tls(body["tls"], pki, cast)
 
 
 def _first_ws_message(url: str, context: ssl.SSLContext) -> Any:
-    """Open a WebSocket over mTLS with aiohttp and return its first message, parsed."""
+    """Open a WebSocket over mTLS (RFC 6455 by hand) and return its first message, parsed.
 
-    async def fetch() -> Any:
-        connector = aiohttp.TCPConnector(ssl=context)
-        async with (
-            aiohttp.ClientSession(connector=connector) as session,
-            session.ws_connect(url.replace("https", "wss")) as ws,
-        ):
-            body = json.loads(await ws.receive_str())
-        # aiohttp closes an SSL transport asynchronously: give the TLS close exchange its loop
-        # turns before asyncio.run() closes the loop (aiohttp docs, "Graceful Shutdown"), or
-        # the socket is collected unclosed during a later test.
-        await asyncio.sleep(0.25)
-        return body
-
-    return asyncio.run(fetch())
+    A blocking socket closes when the ``with`` ends: no event loop left to finish a TLS
+    close exchange later, so nothing to wait for.
+    """
+    parts = urllib.parse.urlsplit(url)
+    assert parts.hostname is not None
+    assert parts.port is not None
+    key = base64.b64encode(os.urandom(16)).decode("ascii")
+    request = (
+        f"GET {parts.path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with (
+        socket.create_connection((parts.hostname, parts.port), timeout=10.0) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(request.encode("ascii"))
+        stream = tls.makefile("rb")
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            line = stream.readline()
+            assert line, f"connection closed during the upgrade: {head!r}"
+            head += line
+        assert head.startswith(b"HTTP/1.1 101"), head
+        # RFC 6455 §4.2.2 fixes SHA-1 here; it is a handshake check, not security.
+        digest = hashlib.sha1((key + _WS_GUID).encode(), usedforsecurity=False).digest()
+        accept = base64.b64encode(digest).decode()
+        lines = head.decode("latin-1").split("\r\n")[1:]
+        headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
+        assert headers["sec-websocket-accept"] == accept
+        first, second = stream.read(2)
+        assert first == 0x81, f"not one final text frame: {first:#x}"  # FIN + text
+        assert not second & 0x80  # server frames are never masked
+        size = second & 0x7F
+        if size == 126:
+            size = int.from_bytes(stream.read(2), "big")
+        elif size == 127:
+            size = int.from_bytes(stream.read(8), "big")
+        return json.loads(stream.read(size))
 
 
 def test_websocket_scope_has_tls(raw_server: ServerHandle, pki: Pki, cast: Cast) -> None:
     body = _first_ws_message(raw_server.url("/ws"), pki.context(cast.alpha))
     assert body["type"] == "websocket"
-    assert body["tls"] is not None, UPGRADE_BROKE_IT
     _assert_spec_tls(body["tls"], pki, cast)
 
 
@@ -115,7 +142,7 @@ def test_each_request_gets_its_own_tls_dict(raw_server: ServerHandle, pki: Pki, 
 
 
 def test_hypercorn_patch_is_scoped(pki: Pki, cast: Cast) -> None:
-    assert _ORIGINAL_TCP_SERVER is not None, UPGRADE_BROKE_IT
+    assert _ORIGINAL_TCP_SERVER is hypercorn_tcp_server.TCPServer, UPGRADE_BROKE_IT
     before = hypercorn_run.TCPServer  # type: ignore[attr-defined]
     with running_server(raw_app, pki.config(cast.alpha)):
         assert hypercorn_run.TCPServer is not _ORIGINAL_TCP_SERVER  # type: ignore[attr-defined]
