@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -103,9 +104,30 @@ class LogLines(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.records: list[logging.LogRecord] = []
+        self._changed = threading.Condition()
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+        with self._changed:
+            self.records.append(record)
+            self._changed.notify_all()
+
+    def wait_for_decision(self, timeout_s: float = 10.0, **fields: Any) -> dict[str, Any]:
+        """Block until a decision with these field values is logged; return it.
+
+        Raises:
+            AssertionError: none was logged within ``timeout_s``.
+        """
+
+        def match() -> dict[str, Any] | None:
+            return next(
+                (d for d in self.decisions if all(d.get(k) == v for k, v in fields.items())),
+                None,
+            )
+
+        with self._changed:
+            found = self._changed.wait_for(match, timeout_s)
+        assert found is not None, f"no decision {fields} within {timeout_s} s"
+        return found
 
     @property
     def decisions(self) -> list[dict[str, Any]]:

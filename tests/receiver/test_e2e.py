@@ -38,6 +38,8 @@ class Seen:
     threads: list[int] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
     entered: threading.Event = field(default_factory=threading.Event)
+    # Set when the server has seen a sender hang up: Quart cancelled that request's view.
+    hung_up: threading.Event = field(default_factory=threading.Event)
 
     def ids(self) -> list[str]:
         return [event.id for event in self.events]
@@ -92,6 +94,13 @@ def build_app(sender: Sender, seen: Seen, **config: Any) -> Quart:
     @hooks.on("boom")
     async def boom(event: WebhookEvent) -> None:
         raise ValueError("secret internals")
+
+    @app.teardown_request
+    async def note_hang_up(exc: BaseException | None) -> None:
+        # Quart cancels the view when the server passes on the client's disconnect, and the
+        # request context then tears down with that CancelledError.
+        if isinstance(exc, asyncio.CancelledError):
+            seen.hung_up.set()
 
     return app
 
@@ -208,6 +217,20 @@ def test_each_refusal_over_mtls(live: Live, case: str, status: int, reason: str)
     assert len(live.seen.events) == before + 1  # only the twin ran
 
 
+@pytest.mark.parametrize("http2", [False, True], ids=["http1.1", "http2"])
+def test_a_disallowed_identity_from_a_disallowed_address_is_refused_for_its_identity(
+    live: Live, http2: bool
+) -> None:
+    """The first failing check answers (test_order.py tries every pair in process)."""
+    with live.client(live.stranger, http2=http2) as stranger, live.client(http2=http2) as client:
+        both = live.post(stranger, "/hooks/ip")
+        address_only = live.post(client, "/hooks/ip")  # the twin: the identity passes here
+    assert both.status_code == 403
+    assert both.json()["reason"] == "identity-not-allowed"
+    assert address_only.status_code == 403
+    assert address_only.json()["reason"] == "ip-not-allowed"
+
+
 @pytest.mark.parametrize("http2", [False, True], ids=["http1.1-chunked", "http2-no-length"])
 def test_oversized_streamed_body_is_cut_off_while_streaming(
     live: Live, http2: bool, log_lines: LogLines
@@ -239,12 +262,13 @@ def test_oversized_streamed_body_is_cut_off_while_streaming(
     assert len(live.seen.events) == before
 
 
-def test_body_that_trickles_past_the_deadline_is_408(live: Live) -> None:
+def test_body_that_trickles_past_the_deadline_is_408(live: Live, log_lines: LogLines) -> None:
     _, headers = live.sender.request()
 
     def trickle() -> Iterator[bytes]:
         yield b'{"type": '
-        time.sleep(0.6)  # the client stalls mid-body (slow loris)
+        # The client stalls mid-body (slow loris) until the server has given up on it.
+        log_lines.wait_for_decision(endpoint="slow-body", reason="body-timeout")
         yield b'"invoice.paid"}'
 
     with live.client() as client:
@@ -307,21 +331,21 @@ def test_handler_slower_than_the_sender_timeout_runs_once(
                 timeout=httpx.Timeout(10, read=timeout_s),
             )
 
+    live.seen.hung_up.clear()
     try:
         with pytest.raises(httpx.ReadTimeout):
             deliver(timeout_s=0.5)  # the sender gives up and hangs up; the handler runs on
         assert live.seen.entered.is_set()
-        during = []
-        for _ in range(3):  # spread out, so the server has long seen the hang-up
-            time.sleep(0.2)
-            during.append(deliver())
+        # Retries only once the server has seen the hang-up (and cancelled that view).
+        assert live.seen.hung_up.wait(10)
+        during = [deliver() for _ in range(3)]
     finally:
         live.seen.release.set()
     assert [response.status_code for response in during] == [503] * 3
     assert {response.json()["reason"] for response in during} == {"in-flight"}
-    deadline = time.monotonic() + 10
-    while (after := deliver()).status_code == 503 and time.monotonic() < deadline:
-        time.sleep(0.05)  # the handler is returning: a sender would retry after Retry-After
+    # The handler's run is logged after its claim settled: the next retry is a duplicate.
+    log_lines.wait_for_decision(event_id=webhook_id, outcome="handled")
+    after = deliver()
     assert after.status_code == 204
     assert after.headers["webhook-duplicate"] == "true"
     assert live.seen.ids().count(webhook_id) == 1
