@@ -119,4 +119,4 @@ def test_console_script() -> None:
         env={**os.environ, "PYTHONWARNINGS": "error"},
     )  # fmt: skip
     assert (done.returncode, done.stderr) == (0, "")
-    HmacSecret.parse(done.stdout.strip())
+    assert HmacSecret.parse(done.stdout.strip()).export() == done.stdout.strip()

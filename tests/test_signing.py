@@ -282,7 +282,8 @@ def test_signer_uses_the_injected_clock_and_makes_fresh_ids() -> None:
     ids = {Signer.new_webhook_id() for _ in range(100)}
     assert len(ids) == 100
     assert all(i.startswith("msg_") and "." not in i for i in ids)
-    Signer([SECRET]).sign(b"", webhook_id=ids.pop(), timestamp=NOW)
+    explicit = Signer([SECRET], clock=fixed(0)).sign(b"", webhook_id=ids.pop(), timestamp=NOW)
+    assert explicit.timestamp == NOW  # an explicit timestamp wins over the clock
 
 
 # --- configuration errors ----------------------------------------------------------------
