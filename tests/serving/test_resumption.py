@@ -12,10 +12,13 @@ import datetime as dt
 import json
 import socket
 import ssl
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from mtls_hooks.serving._config import ServerConfig
 from mtls_hooks.testing import ServerHandle, running_server
@@ -34,13 +37,37 @@ def _tls12_context(pki: Pki, identity: Identity) -> ssl.SSLContext:
     return context
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One request on a new connection, as the client saw it."""
+
+    data: bytes  # every byte of HTTP that came back
+    session: ssl.SSLSession | None
+    reused: bool
+    error: Exception | None  # what ended the connection early, if anything
+
+    @property
+    def body(self) -> dict[str, Any]:
+        assert self.data.startswith(b"HTTP/1.1 200"), (self.data[:100], self.error)
+        parsed: dict[str, Any] = json.loads(self.data.partition(b"\r\n\r\n")[2])
+        return parsed
+
+    def assert_refused(self) -> None:
+        """Not one byte of HTTP came back (the reason is asserted from the server's log).
+
+        A full handshake ends in a TLS error; a refused resumption may end in a plain EOF,
+        since the client's side of an abbreviated handshake completes first.
+        """
+        assert self.data == b"", f"the refused client got {self.data[:100]!r}"
+
+
 def _get(
     server: ServerHandle, context: ssl.SSLContext, session: ssl.SSLSession | None = None
-) -> tuple[dict[str, Any] | None, ssl.SSLSession | None, bool]:
-    """One request on a new connection: ``(body, or None if refused; session; reused)``."""
+) -> Outcome:
     data = b""
     new_session: ssl.SSLSession | None = None
     reused = False
+    error: Exception | None = None
     try:
         with (
             socket.create_connection((server.host, server.port), timeout=10.0) as raw,
@@ -51,12 +78,10 @@ def _get(
             tls.sendall(REQUEST)
             while chunk := tls.recv(65536):
                 data += chunk
-    except (ssl.SSLError, OSError):
-        pass  # refused: an alert during a full handshake, a drop after a resumed one
-    if not data.startswith(b"HTTP/1.1 200"):
-        return None, new_session, reused
-    body: dict[str, Any] = json.loads(data.partition(b"\r\n\r\n")[2])
-    return body, new_session, reused
+    except (ssl.SSLError, ConnectionError) as exc:
+        # Kept, not swallowed: a refusal is asserted from it and from the server's log.
+        error = exc
+    return Outcome(data, new_session, reused, error)
 
 
 def test_pinned_client_resumes_and_gets_tls_extension(fresh_pki: Pki) -> None:
@@ -64,16 +89,17 @@ def test_pinned_client_resumes_and_gets_tls_extension(fresh_pki: Pki) -> None:
     config = fresh_pki.config(alpha, crl=(fresh_pki.crl_file,))
     context = _tls12_context(fresh_pki, alpha)
     with running_server(app, config) as server:
-        first, session, reused = _get(server, context)
-        assert first is not None
-        assert not reused
-        resumed, _, reused = _get(server, context, session)
-    assert reused, "the server did not resume the TLS 1.2 session"
-    assert resumed is not None, "a resumed session of a pinned, unrevoked client was dropped"
-    assert resumed["subject"] == "CN=alpha"
-    assert resumed["tls_version"] == 0x0303
+        first = _get(server, context)
+        assert first.body["subject"] == "CN=alpha"
+        assert not first.reused
+        resumed = _get(server, context, first.session)
+    assert resumed.reused, "the server did not resume the TLS 1.2 session"
+    assert resumed.error is None, "a resumed session of a pinned, unrevoked client was dropped"
+    body = resumed.body
+    assert body["subject"] == "CN=alpha"
+    assert body["tls_version"] == 0x0303
     # OpenSSL keeps the leaf in the session but no verified chain: the leaf alone.
-    assert resumed["chain_len"] == 1
+    assert body["chain_len"] == 1
 
 
 def _write_config(pki: Pki, *pinned: Identity) -> ServerConfig:
@@ -99,19 +125,37 @@ def test_resumption_refused_after_reload(fresh_pki: Pki, change: str, reason: st
     config = _write_config(fresh_pki, alpha, beta)
     context = _tls12_context(fresh_pki, alpha)
     with LogCollector("mtls_hooks.tls") as refusals, running_server(app, config) as server:
-        first, session, _ = _get(server, context)
-        assert first is not None
+        first = _get(server, context)
+        assert first.body["subject"] == "CN=alpha"
         if change == "revoke":
             fresh_pki.ca.revoke(alpha.issued)
             fresh_pki.write_crl()
         else:
             _write_config(fresh_pki, beta)
         assert server.reload()
-        resumed, _, _ = _get(server, context, session)
-        fresh, _, _ = _get(server, context)
-    assert resumed is None, f"the session resumed after the reload ({change})"
-    assert fresh is None
-    assert any(f"reason={reason}" in line for line in refusals.lines), refusals.lines
+        resumed = _get(server, context, first.session)
+        fresh = _get(server, context)
+    resumed.assert_refused()
+    fresh.assert_refused()
+    lines = [line for line in refusals.lines if "event=handshake_refused" in line]
+    # The resumed session first (the check on resumption), then the full handshake.
+    assert [line.split(" reason=")[1].split(" ")[0] for line in lines] == [
+        reason,
+        "cert-verify-failed" if change == "revoke" else "unpinned",
+    ], lines
+
+
+def _wait_until_expired(cert: x509.Certificate, deadline_s: float = 10.0) -> None:
+    """Poll the clock (bounded) until ``cert`` is past its notAfter, as the server sees it.
+
+    Neither OpenSSL's verification time nor ``_check_resumed``'s clock can be injected, so
+    real time has to pass; this waits on exactly the condition the server checks.
+    """
+    deadline = time.monotonic() + deadline_s
+    tick = threading.Event()
+    while dt.datetime.now(dt.UTC) <= cert.not_valid_after_utc:
+        assert time.monotonic() < deadline, "the certificate did not expire in time"
+        tick.wait(0.05)
 
 
 def test_expired_client_cannot_resume(fresh_pki: Pki) -> None:
@@ -120,10 +164,9 @@ def test_expired_client_cannot_resume(fresh_pki: Pki) -> None:
     config = fresh_pki.config(brief, crl=(fresh_pki.crl_file,))
     context = _tls12_context(fresh_pki, brief)
     with LogCollector("mtls_hooks.tls") as refusals, running_server(app, config) as server:
-        first, session, _ = _get(server, context)
-        assert first is not None
-        expired_at = now + dt.timedelta(seconds=2.1)
-        time.sleep(max(0.0, (expired_at - dt.datetime.now(dt.UTC)).total_seconds()))
-        resumed, _, _ = _get(server, context, session)
-    assert resumed is None, "a client resumed the session of an expired certificate"
+        first = _get(server, context)
+        assert first.body["subject"] == "CN=brief"
+        _wait_until_expired(brief.issued.certificate)
+        resumed = _get(server, context, first.session)
+    resumed.assert_refused()
     assert any("reason=expired-on-resume" in line for line in refusals.lines), refusals.lines
