@@ -136,9 +136,9 @@ def test_pkcs12_loads_with_openssl_and_cryptography(
         != 0
     )
     loaded = pkcs12.load_pkcs12(p12.read_bytes(), passphrase)
-    assert loaded.cert is not None
-    assert loaded.key is not None
+    assert isinstance(loaded.cert, pkcs12.PKCS12Certificate)
     assert cert_fingerprint(loaded.cert.certificate) == leaf.fingerprint
+    assert isinstance(loaded.key, type(leaf.private_key))
     spki = loaded.key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     assert "sha256/" + base64.b64encode(hashlib.sha256(spki).digest()).decode() == leaf.spki_pin
     assert [c.certificate for c in loaded.additional_certs] == list(leaf.intermediates)
