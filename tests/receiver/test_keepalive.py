@@ -14,8 +14,12 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 
+import h2.config
+import h2.connection
+import h2.events
 import h11
 import pytest
 from quart import Quart
@@ -63,12 +67,20 @@ def test_early_refusal_with_unread_body_says_connection_close(live: Live) -> Non
 # --- the server's keep-alive settings on a real connection ----------------------------------
 
 
+def _tls_connection(server: ServerHandle, context: ssl.SSLContext) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        return context.wrap_socket(raw, server_hostname="localhost")
+    except BaseException:
+        raw.close()
+        raise
+
+
 class H1Connection:
     """One mTLS connection speaking HTTP/1.1 through h11, request after request."""
 
     def __init__(self, server: ServerHandle, context: ssl.SSLContext) -> None:
-        raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-        self.tls = context.wrap_socket(raw, server_hostname="localhost")
+        self.tls = _tls_connection(server, context)
         self.h11 = h11.Connection(h11.CLIENT)
 
     def close(self) -> None:
@@ -106,13 +118,45 @@ class H1Connection:
         return self.tls.recv(65536) == b""
 
 
+class H2Connection:
+    """One mTLS connection speaking HTTP/2 frames through h2 (no request needed to idle)."""
+
+    def __init__(self, server: ServerHandle, context: ssl.SSLContext) -> None:
+        self.tls = _tls_connection(server, context)
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.h2.initiate_connection()
+        self.tls.sendall(self.h2.data_to_send())
+
+    def close(self) -> None:
+        self.tls.close()
+
+    def ping_answered(self) -> bool:
+        """Send a PING and read until its ACK (True) or the server's close (False)."""
+        assert self.tls.selected_alpn_protocol() == "h2"
+        self.h2.ping(b"keepaliv")
+        self.tls.sendall(self.h2.data_to_send())
+        while data := self.tls.recv(65536):
+            events = self.h2.receive_data(data)
+            self.tls.sendall(self.h2.data_to_send())
+            if any(isinstance(event, h2.events.PingAckReceived) for event in events):
+                return True
+        return False
+
+    def closed_by_server(self) -> bool:
+        """Read (bounded by the 10 s socket timeout) until the server closes; True on EOF."""
+        while data := self.tls.recv(65536):
+            self.h2.receive_data(data)  # SETTINGS, their ACK, a GOAWAY before the close
+        return True
+
+
 @dataclass
 class KeepAlive:
     """Two servers differing only in keep-alive settings; each is the other's twin."""
 
     few_requests: ServerHandle  # keep_alive_max_requests=3, a long idle timeout
-    short_idle: ServerHandle  # keep_alive_timeout_s=0.3, the default request budget
+    short_idle: ServerHandle  # keep_alive_timeout_s=1, the default request budget
     context: ssl.SSLContext
+    h2_context: ssl.SSLContext
     sender: Sender
 
     def connect(self, server: ServerHandle) -> H1Connection:
@@ -132,10 +176,16 @@ def keep_alive(
     few = pki.config(
         identity, keep_alive_max_requests=3, keep_alive_timeout_s=60.0, read_timeout_s=120.0
     )
-    short = pki.config(identity, keep_alive_timeout_s=0.3, read_timeout_s=120.0)
+    short = pki.config(identity, keep_alive_timeout_s=1.0, read_timeout_s=120.0)
     assert short.keep_alive_max_requests > 4
     with running_server(app, few) as few_server, running_server(app, short) as short_server:
-        yield KeepAlive(few_server, short_server, pki.context(identity), sender)
+        yield KeepAlive(
+            few_server,
+            short_server,
+            pki.context(identity),
+            pki.context(identity, http2=True),
+            sender,
+        )
 
 
 def _says_close(response: h11.Response) -> bool:
@@ -143,35 +193,38 @@ def _says_close(response: h11.Response) -> bool:
 
 
 def test_keep_alive_max_requests_ends_the_connection(keep_alive: KeepAlive) -> None:
-    limited = keep_alive.connect(keep_alive.few_requests)
-    unlimited = keep_alive.connect(keep_alive.short_idle)
-    try:
+    with (
+        closing(keep_alive.connect(keep_alive.few_requests)) as limited,
+        closing(keep_alive.connect(keep_alive.short_idle)) as unlimited,
+    ):
         answers = [limited.deliver(keep_alive.sender) for _ in range(3)]
         assert [a.status_code for a in answers] == [204] * 3
         assert [_says_close(a) for a in answers] == [False, False, True]
         assert limited.closed_by_server()  # the 4th request needs a new connection
         # The twin: with the default budget, a 4th request shares the connection.
         assert [unlimited.deliver(keep_alive.sender).status_code for _ in range(4)] == [204] * 4
-    finally:
-        limited.close()
-        unlimited.close()
-    again = keep_alive.connect(keep_alive.few_requests)
-    try:
+    with closing(keep_alive.connect(keep_alive.few_requests)) as again:
         assert again.deliver(keep_alive.sender).status_code == 204
-    finally:
-        again.close()
 
 
 def test_keep_alive_timeout_closes_an_idle_connection(keep_alive: KeepAlive) -> None:
-    short = keep_alive.connect(keep_alive.short_idle)
-    long = keep_alive.connect(keep_alive.few_requests)
-    try:
+    # The twin falls idle first, so a shared timeout would close it first.
+    with closing(keep_alive.connect(keep_alive.few_requests)) as long:
         assert long.deliver(keep_alive.sender).status_code == 204
-        assert short.deliver(keep_alive.sender).status_code == 204
-        # Idle now: the short timeout closes it (the read waits for that, bounded at 10 s).
-        assert short.closed_by_server()
-        # The twin, idle for as long and longer: still open, its next request is served.
+        with closing(keep_alive.connect(keep_alive.short_idle)) as short:
+            # Used at once: the short timeout starts once it is idle.
+            assert short.deliver(keep_alive.sender).status_code == 204
+            # Idle now: the short timeout closes it (the read waits for that, at most 10 s).
+            assert short.closed_by_server()
+        # The twin, idle for longer: still open, its next request is served.
         assert long.deliver(keep_alive.sender).status_code == 204
-    finally:
-        short.close()
-        long.close()
+
+
+def test_keep_alive_timeout_closes_an_idle_http2_connection(keep_alive: KeepAlive) -> None:
+    context = keep_alive.h2_context
+    with closing(H2Connection(keep_alive.few_requests, context)) as long:
+        assert long.ping_answered()
+        with closing(H2Connection(keep_alive.short_idle, context)) as short:
+            assert short.ping_answered()
+            assert short.closed_by_server()
+        assert long.ping_answered()  # the twin, idle for longer: still open
