@@ -183,11 +183,19 @@ def _write_pins(path: Path, *identities: Identity) -> None:
 
 
 def _refused(server: ServerHandle, pki: Pki, identity: Identity) -> bool:
-    try:
-        _probe(server, pki, identity)
-    except httpx.TransportError:
-        return True
-    return False
+    """True when the handshake refused ``identity`` for its pin (the server says so)."""
+    refusal = f'reason=unpinned subject="CN={identity.name}" spki={identity.spki_pin} '
+    with LogCollector("mtls_hooks.tls", wake_on=refusal) as log:
+        try:
+            _probe(server, pki, identity)
+        except httpx.TransportError:
+            pass  # a drop alone could be anything: the refusal line must name this client
+        else:
+            return False
+        assert log.matched.wait(10.0), log.lines
+    [line] = [line for line in log.lines if f" spki={identity.spki_pin} " in line]
+    assert " reason=unpinned " in line
+    return True
 
 
 def test_watch_reloads_pins_from_the_config_file(
