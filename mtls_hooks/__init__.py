@@ -50,6 +50,10 @@ from mtls_hooks.core._signing import (
 from mtls_hooks.core._tls import PinningContext, create_client_context, create_server_context
 
 if TYPE_CHECKING:
+    from mtls_hooks.outbox._endpoint import OutboxEndpoint, RetrySettings
+    from mtls_hooks.outbox._outbox import AsyncOutbox, Outbox, UnknownEndpointError
+    from mtls_hooks.outbox._worker import DeliveryWorker
+    from mtls_hooks.queue._protocol import JobState, QueueStore, StoreUnavailableError
     from mtls_hooks.receiver._authz import current_peer, require_peer
     from mtls_hooks.receiver._events import WebhookEvent
     from mtls_hooks.receiver._receiver import WebhookEndpoint, WebhookReceiver
@@ -71,6 +75,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncOutbox",
     "AsyncWebhookSender",
     "Attempt",
     "ClaimState",
@@ -78,20 +83,26 @@ __all__ = [
     "DedupeStore",
     "DeliveryError",
     "DeliveryResult",
+    "DeliveryWorker",
     "Ed25519SigningKey",
     "Ed25519VerifyKey",
     "EndpointGoneError",
     "HmacSecret",
     "IdentityError",
+    "JobState",
     "MemoryDedupeStore",
     "MtlsHooksError",
+    "Outbox",
+    "OutboxEndpoint",
     "PeerIdentity",
     "PeerPolicy",
     "PinError",
     "PinningContext",
+    "QueueStore",
     "ReplayError",
     "RetriesExhaustedError",
     "RetryPolicy",
+    "RetrySettings",
     "SQLiteDedupeStore",
     "ServerConfig",
     "SignatureError",
@@ -99,9 +110,11 @@ __all__ = [
     "Signer",
     "SigningKey",
     "StatusError",
+    "StoreUnavailableError",
     "TLSError",
     "TimestampError",
     "TransportError",
+    "UnknownEndpointError",
     "VerificationError",
     "VerifiedMessage",
     "Verifier",
@@ -124,15 +137,24 @@ __all__ = [
 ]
 
 _LAZY = {
+    "AsyncOutbox": "mtls_hooks.outbox._outbox",
     "AsyncWebhookSender": "mtls_hooks.sender._async",
     "Attempt": "mtls_hooks.sender._results",
     "ClaimState": "mtls_hooks.stores._replay",
     "DedupeStore": "mtls_hooks.stores._replay",
     "DeliveryResult": "mtls_hooks.sender._results",
+    "DeliveryWorker": "mtls_hooks.outbox._worker",
+    "JobState": "mtls_hooks.queue._protocol",
     "MemoryDedupeStore": "mtls_hooks.stores._replay",
+    "Outbox": "mtls_hooks.outbox._outbox",
+    "OutboxEndpoint": "mtls_hooks.outbox._endpoint",
+    "QueueStore": "mtls_hooks.queue._protocol",
     "RetryPolicy": "mtls_hooks.sender._retry",
+    "RetrySettings": "mtls_hooks.outbox._endpoint",
     "SQLiteDedupeStore": "mtls_hooks.stores._replay",
     "ServerConfig": "mtls_hooks.serving._config",
+    "StoreUnavailableError": "mtls_hooks.queue._protocol",
+    "UnknownEndpointError": "mtls_hooks.outbox._outbox",
     "WebhookEndpoint": "mtls_hooks.receiver._receiver",
     "WebhookEvent": "mtls_hooks.receiver._events",
     "WebhookMessage": "mtls_hooks.sender._base",

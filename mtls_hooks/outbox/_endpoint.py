@@ -25,7 +25,7 @@ from mtls_hooks.core._suggest import did_you_mean
 from mtls_hooks.sender._results import redact_url
 from mtls_hooks.sender._retry import RetryPolicy, wait_backoff, wait_retry_after
 
-__all__ = ["Endpoint", "RetrySettings", "read_key_refs"]
+__all__ = ["Endpoint", "OutboxEndpoint", "RetrySettings", "read_key_refs"]
 
 _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -206,6 +206,11 @@ class Endpoint:
 
     def __repr__(self) -> str:
         return f"Endpoint(name={self.name!r}, url={redact_url(self.url)!r})"
+
+
+#: ``mtls_hooks.OutboxEndpoint``: the same record, named apart from the receiver's
+#: ``WebhookEndpoint`` at the top level.
+OutboxEndpoint = Endpoint
 
 
 def _check_ref(name: str, ref: Any) -> None:
