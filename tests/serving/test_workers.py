@@ -43,13 +43,26 @@ async def _by_worker(
     raise AssertionError(f"only workers {sorted(seen)} of {server.worker_pids} answered")
 
 
+def _tcp_refused(exc: BaseException) -> bool:
+    """True when ``exc`` comes from a refused TCP connect: no server, not a TLS refusal."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # bounded walk of the cause chain
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 async def _all_refused(server: ProcessHandle, pki: Pki, identity: Identity) -> bool:
     async def one() -> bool:
         try:
             async with httpx.AsyncClient(verify=pki.context(identity), timeout=10.0) as client:
                 await client.get(server.url("/whoami"))
-        except httpx.TransportError:
-            return True
+        except httpx.TransportError as exc:
+            # Dropped after the TLS handshake (the worker's refusal), not "nobody listening".
+            return not _tcp_refused(exc)
         return False
 
     return all(await asyncio.gather(*(one() for _ in range(BATCH))))
