@@ -15,6 +15,7 @@ bytes), so the request path does no configuration lookups, parsing or regex comp
 from __future__ import annotations
 
 import binascii
+import hashlib
 import hmac
 import ipaddress
 import math
@@ -227,7 +228,9 @@ class EndpointSettings:
         """Check an ``Authorization`` header against the expected Basic credentials.
 
         Username and password are both compared in constant time and both always compared,
-        so timing reveals neither which part was wrong nor how much of it matched.
+        so timing reveals neither which part was wrong nor how much of it matched. Their
+        SHA-256 digests are compared, not the values: ``compare_digest`` takes time by the
+        length of its input, which would reveal the expected password's length.
         """
         expected = self.basic_auth
         if expected is None:
@@ -242,9 +245,13 @@ class EndpointSettings:
         except (binascii.Error, ValueError):
             return False
         username, sep, password = decoded.partition(b":")
-        user_ok = hmac.compare_digest(username, expected[0])
-        password_ok = hmac.compare_digest(password, expected[1])
+        user_ok = hmac.compare_digest(_sha256(username), _sha256(expected[0]))
+        password_ok = hmac.compare_digest(_sha256(password), _sha256(expected[1]))
         return bool(sep) and user_ok and password_ok
+
+
+def _sha256(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
 
 
 def _strings(value: Any, what: str) -> tuple[str, ...]:
