@@ -283,7 +283,10 @@ class SQLiteDedupeStore:
         self._writes = 0
         self._maintenance: Future[None] | None = None
         self._closed = False
-        self._fast = self._connect(busy_timeout_s=0.0)
+        # Set-up (WAL switch, schema) waits for other processes opening the same new file at
+        # once (workers starting together); only then does the fast connection stop waiting.
+        self._fast = self._connect(busy_timeout_s=busy_timeout_s)
+        self._fast.execute("PRAGMA busy_timeout=0")
         try:
             self._slow = self._connect(busy_timeout_s=busy_timeout_s)
         except BaseException:

@@ -1,0 +1,491 @@
+"""The PostgreSQL dedupe store: the authoritative store when receivers run on several machines.
+
+One row per ``(endpoint, webhook_id)``, unique, in one table (``<namespace>_dedupe``). The
+claim / complete / release protocol of :mod:`mtls_hooks.stores._replay` maps onto it as:
+
+* **claim**: one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` statement inserts the id, or
+  takes over a row whose lease or retention ended; a live row is left alone and read back as
+  done or in flight. The statement is atomic across connections, processes and machines
+  (PostgreSQL's unique index arbitrates), and it stamps the row with a random claim token.
+* **complete** / **release** update or delete the row only while it still carries that token:
+  a worker whose lease ran out and whose id another node took over cannot mark it done or
+  free it.
+
+Times are PostgreSQL's own clock (``statement_timestamp()``), so the nodes' clocks need not
+agree; an injected ``clock`` replaces it for tests. Expired rows are swept in the background
+in batches of :data:`SWEEP_BATCH` (``FOR UPDATE SKIP LOCKED``, so nodes sweeping at once do
+not wait on each other), never on a request's path.
+
+**Effects committed with the dedupe record**: :meth:`PostgresDedupeStore.transactional` wraps a
+handler so that it receives a connection inside a transaction that also marks its id done.
+The handler's writes and the done mark commit together or not at all: a handler that raises
+leaves neither, and the sender's retry runs it again; one that commits is never run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Protocol, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from mtls_hooks.core._errors import ConfigurationError
+from mtls_hooks.queue._protocol import StoreUnavailableError
+from mtls_hooks.stores._names import check_namespace, redact_url, split_key
+from mtls_hooks.stores._ratelimit import Rate
+from mtls_hooks.stores._replay import (
+    DEFAULT_LEASE_S,
+    DEFAULT_RETENTION_S,
+    ClaimState,
+    _check_windows,
+)
+
+__all__ = ["SWEEP_BATCH", "PostgresDedupeStore", "PostgresRateLimiter"]
+
+logger = logging.getLogger("mtls_hooks.stores")
+
+SWEEP_BATCH: Final = 1000
+# A background sweep is started after this many claims (per process), and deletes at most
+# _SWEEP_MAX_BATCHES batches: bounded work, spread over time.
+_SWEEP_EVERY: Final = 1000
+_SWEEP_MAX_BATCHES: Final = 10
+# The database's clock unless the caller injects one (tests): NULL selects the server's.
+_NOW: Final = "COALESCE({now}::float8, extract(epoch FROM statement_timestamp())::float8)"
+
+_R = TypeVar("_R")
+
+
+class _Keyed(Protocol):
+    """What :meth:`PostgresDedupeStore.transactional` reads of an event."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def endpoint(self) -> str: ...
+
+
+_E = TypeVar("_E", bound=_Keyed)
+
+
+class _LeaseLostError(Exception):
+    """The id's claim token changed under a transactional handler: another node took it."""
+
+
+def _statements(table: str) -> dict[str, sql.Composed]:
+    t = sql.Identifier(table)
+    now = sql.SQL(_NOW.format(now="%(now)s"))
+    return {
+        "schema": sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {t} ("
+            " endpoint text NOT NULL, webhook_id text NOT NULL, done boolean NOT NULL,"
+            " token bigint NOT NULL, expires_at float8 NOT NULL,"
+            " PRIMARY KEY (endpoint, webhook_id));"
+            " CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)"
+        ).format(t=t, index=sql.Identifier(f"{table}_expiry")),
+        # excluded.expires_at - lease is "now" again: one clock reading per statement.
+        "claim": sql.SQL(
+            "INSERT INTO {t} AS d (endpoint, webhook_id, done, token, expires_at)"
+            " VALUES (%(endpoint)s, %(id)s, false, %(token)s, {now} + %(lease)s)"
+            " ON CONFLICT (endpoint, webhook_id) DO UPDATE"
+            " SET done = false, token = excluded.token, expires_at = excluded.expires_at"
+            " WHERE d.expires_at <= excluded.expires_at - %(lease)s"
+            " RETURNING 1"
+        ).format(t=t, now=now),
+        "state": sql.SQL(
+            "SELECT done FROM {t} WHERE endpoint = %(endpoint)s AND webhook_id = %(id)s"
+        ).format(t=t),
+        "complete": sql.SQL(
+            "UPDATE {t} SET done = true, expires_at = {now} + %(retention)s"
+            " WHERE endpoint = %(endpoint)s AND webhook_id = %(id)s AND token = %(token)s"
+        ).format(t=t, now=now),
+        "release": sql.SQL(
+            "DELETE FROM {t} WHERE endpoint = %(endpoint)s AND webhook_id = %(id)s"
+            " AND token = %(token)s AND NOT done"
+        ).format(t=t),
+        "sweep": sql.SQL(
+            "DELETE FROM {t} WHERE ctid IN (SELECT ctid FROM {t} WHERE expires_at <= {now}"
+            " LIMIT %(batch)s FOR UPDATE SKIP LOCKED)"
+        ).format(t=t, now=now),
+    }
+
+
+class PostgresDedupeStore:
+    """A dedupe store in PostgreSQL, shared by every worker and machine (psycopg 3, a pool).
+
+    Connections come from an :class:`psycopg_pool.AsyncConnectionPool` opened on first use in
+    the serving event loop, in autocommit mode: each protocol step is one statement, one round
+    trip (a claim of an id that is done or in flight adds a second, to tell which). Statements
+    are prepared by the server after their first use on a connection unless ``prepare`` is
+    False (needed behind PgBouncer in transaction mode).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "mtls_hooks",
+        retention_s: float = DEFAULT_RETENTION_S,
+        lease_s: float = DEFAULT_LEASE_S,
+        pool_max_size: int = 10,
+        timeout_s: float = 5.0,
+        prepare: bool = True,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        """Describe the store; nothing connects until :meth:`check` or first use.
+
+        Args:
+            url: a libpq URL, ``postgresql://user@host:5432/dbname``.
+            namespace: the table is ``<namespace>_dedupe`` (and ``<namespace>_rate`` for rate
+                limits): give each deployment, or each test, its own.
+            retention_s: how long a processed id is remembered.
+            lease_s: how long a claim without ``complete``/``release`` blocks the id.
+            pool_max_size: the most connections this process opens.
+            timeout_s: how long a statement may wait for a connection (then the store is
+                unavailable: the receiver answers 503) and the connect timeout.
+            prepare: let the server prepare the statements (not behind PgBouncer's
+                transaction mode).
+            clock: wall-clock seconds replacing the database's clock; for tests.
+
+        Raises:
+            ConfigurationError: invalid windows, namespace or pool size.
+        """
+        self.retention_s, self.lease_s = _check_windows(retention_s, lease_s)
+        if isinstance(pool_max_size, bool) or not isinstance(pool_max_size, int):
+            raise ConfigurationError("pool_max_size must be a positive integer")
+        if pool_max_size < 1:
+            raise ConfigurationError("pool_max_size must be a positive integer")
+        self.namespace = check_namespace(namespace)
+        self.table = f"{self.namespace}_dedupe"
+        self.url = url
+        self._where = redact_url(url)
+        self._pool_max_size = pool_max_size
+        self._timeout_s = timeout_s
+        self._prepare = prepare
+        self._clock = clock
+        self._sql = _statements(self.table)
+        self._pool: AsyncConnectionPool | None = None
+        self._opening: asyncio.Lock | None = None
+        # This process's claim token per key; complete/release act only on a row bearing it.
+        self._tokens: dict[str, int] = {}
+        self._claims = 0
+        self._sweeping: asyncio.Task[int] | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"PostgresDedupeStore({self._where!r}, table={self.table!r})"
+
+    def _now(self) -> float | None:
+        clock = self._clock
+        return None if clock is None else clock()
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        return {
+            "autocommit": True,
+            "prepare_threshold": 0 if self._prepare else None,
+            "connect_timeout": max(1, round(self._timeout_s)),
+        }
+
+    def check(self) -> None:
+        """Connect once, synchronously, and create the table: the start-up check.
+
+        Raises:
+            StoreUnavailableError: the database cannot be reached or used (one line, with the
+                URL's password hidden).
+        """
+        try:
+            with psycopg.connect(self.url, **self._connect_kwargs()) as conn:
+                conn.execute(self._sql["schema"], prepare=False)
+        except psycopg.Error as exc:
+            raise StoreUnavailableError(
+                f"dedupe store {self._where} is unreachable: {_one_line(exc)}"
+            ) from exc
+
+    async def _open(self) -> AsyncConnectionPool:
+        if self._closed:
+            raise RuntimeError("PostgresDedupeStore is closed")
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._pool is not None:
+                return self._pool
+            pool = AsyncConnectionPool(
+                self.url,
+                min_size=1,
+                max_size=self._pool_max_size,
+                kwargs=self._connect_kwargs(),
+                timeout=self._timeout_s,
+                open=False,
+                name=f"mtls-hooks-{self.table}",
+            )
+            await pool.open(wait=False)
+            try:
+                async with pool.connection() as conn:
+                    await conn.execute(self._sql["schema"], prepare=False)
+            except BaseException:
+                await pool.close()
+                raise
+            self._pool = pool
+            return pool
+
+    async def _execute(self, name: str, params: dict[str, Any]) -> psycopg.AsyncCursor[Any]:
+        try:
+            pool = self._pool or await self._open()
+            async with pool.connection() as conn:
+                return await conn.execute(self._sql[name], params)
+        except PoolTimeout as exc:
+            raise StoreUnavailableError(
+                f"dedupe store {self._where}: no connection within {self._timeout_s:g} s"
+            ) from exc
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise StoreUnavailableError(
+                f"dedupe store {self._where} failed: {_one_line(exc)}"
+            ) from exc
+
+    async def claim(self, key: str) -> ClaimState:
+        """Claim ``key``; see :class:`~mtls_hooks.stores._replay.DedupeStore`.
+
+        Raises:
+            StoreUnavailableError: the database cannot be reached.
+        """
+        endpoint, webhook_id = split_key(key)
+        token = secrets.randbits(63)
+        params = {
+            "endpoint": endpoint,
+            "id": webhook_id,
+            "token": token,
+            "lease": self.lease_s,
+            "now": self._now(),
+        }
+        cursor = await self._execute("claim", params)
+        if cursor.rowcount == 1:
+            self._tokens[key] = token
+            self._claimed()
+            return ClaimState.CLAIMED
+        row = await (await self._execute("state", params)).fetchone()
+        # A row swept or released between the two statements reads as in flight: the sender
+        # retries shortly and then claims it.
+        return ClaimState.DONE if row is not None and row[0] else ClaimState.IN_FLIGHT
+
+    async def complete(self, key: str) -> None:
+        """Mark ``key`` done if this process still holds its claim.
+
+        Raises:
+            StoreUnavailableError: the database cannot be reached.
+        """
+        token = self._tokens.pop(key, None)
+        if token is None:
+            return  # not ours (never claimed here, or settled inside a transaction)
+        endpoint, webhook_id = split_key(key)
+        params = {
+            "endpoint": endpoint,
+            "id": webhook_id,
+            "token": token,
+            "retention": self.retention_s,
+            "now": self._now(),
+        }
+        await self._execute("complete", params)
+
+    async def release(self, key: str) -> None:
+        """Drop this process's unfinished claim on ``key``.
+
+        Raises:
+            StoreUnavailableError: the database cannot be reached.
+        """
+        token = self._tokens.pop(key, None)
+        if token is None:
+            return
+        endpoint, webhook_id = split_key(key)
+        await self._execute("release", {"endpoint": endpoint, "id": webhook_id, "token": token})
+
+    def _claimed(self) -> None:
+        self._claims += 1
+        if self._claims % _SWEEP_EVERY == 0 and (self._sweeping is None or self._sweeping.done()):
+            self._sweeping = asyncio.get_running_loop().create_task(self._background_sweep())
+
+    async def _background_sweep(self) -> int:
+        try:
+            return await self.sweep()
+        except Exception:
+            logger.exception("sweeping expired ids from %s failed", self.table)
+            return 0
+
+    async def sweep(self, *, max_batches: int = _SWEEP_MAX_BATCHES) -> int:
+        """Delete expired ids, at most ``max_batches`` batches of :data:`SWEEP_BATCH`.
+
+        Returns:
+            How many rows were deleted.
+
+        Raises:
+            StoreUnavailableError: the database cannot be reached.
+        """
+        deleted = 0
+        for _ in range(max_batches):
+            cursor = await self._execute("sweep", {"batch": SWEEP_BATCH, "now": self._now()})
+            deleted += cursor.rowcount
+            if cursor.rowcount < SWEEP_BATCH:
+                break
+        return deleted
+
+    def transactional(
+        self, handler: Callable[[_E, psycopg.AsyncConnection[Any]], Awaitable[_R]]
+    ) -> Callable[[_E], Awaitable[_R]]:
+        """Run ``handler`` in a transaction that also marks its webhook id done.
+
+        The wrapped handler takes the event and an :class:`psycopg.AsyncConnection` inside an
+        open transaction: its writes and the id's done mark commit together when it returns,
+        and roll back together when it raises. Register the result as a handler::
+
+            @hooks.on("invoice.paid")
+            @store.transactional
+            async def paid(event: WebhookEvent, conn: psycopg.AsyncConnection) -> None:
+                await conn.execute("INSERT INTO ledger VALUES (%s)", (event.id,))
+
+        The done mark is written first, so the row stays locked while the handler runs: a node
+        that takes the id over after the lease waits for this transaction, then sees it done.
+
+        Raises:
+            StoreUnavailableError: (from the wrapped handler) the database cannot be reached,
+                or this process no longer holds the id's claim (its lease ended and another
+                node took it); nothing was committed.
+        """
+
+        @functools.wraps(handler)
+        async def run(event: _E) -> _R:
+            key = f"{event.endpoint} {event.id}"
+            token = self._tokens.get(key)
+            if token is None:
+                raise StoreUnavailableError(f"webhook {event.id} is not claimed by this process")
+            pool = self._pool or await self._open()
+            params = {
+                "endpoint": event.endpoint,
+                "id": event.id,
+                "token": token,
+                "retention": self.retention_s,
+                "now": self._now(),
+            }
+            try:
+                async with pool.connection() as conn, conn.transaction():
+                    marked = await conn.execute(self._sql["complete"], params)
+                    if marked.rowcount != 1:
+                        raise _LeaseLostError
+                    result = await handler(event, conn)
+            except _LeaseLostError:
+                self._tokens.pop(key, None)
+                raise StoreUnavailableError(
+                    f"the claim on webhook {event.id} was lost (its lease ended); "
+                    "nothing was committed"
+                ) from None
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                raise StoreUnavailableError(
+                    f"dedupe store {self._where} failed: {_one_line(exc)}"
+                ) from exc
+            # Committed: the row is done, so the receiver's complete() has nothing to do.
+            self._tokens.pop(key, None)
+            return result
+
+        return run
+
+    @property
+    def pool(self) -> AsyncConnectionPool | None:
+        """The connection pool, once opened (shared with the rate limiter)."""
+        return self._pool
+
+    async def connection_pool(self) -> AsyncConnectionPool:
+        """Return the pool, opening it if needed.
+
+        Raises:
+            RuntimeError: the store is closed.
+            psycopg.Error: the pool could not be opened.
+        """
+        return self._pool or await self._open()
+
+    def rate_limiter(self) -> PostgresRateLimiter:
+        """Return token buckets kept in this database, on this store's pool and clock."""
+        return PostgresRateLimiter(self)
+
+    async def aclose(self) -> None:
+        """Close the pool; running sweeps are cancelled. Idempotent."""
+        self._closed = True
+        sweeping, self._sweeping = self._sweeping, None
+        if sweeping is not None and not sweeping.done():
+            sweeping.cancel()
+            await asyncio.gather(sweeping, return_exceptions=True)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+class PostgresRateLimiter:
+    """Token buckets (GCRA) in ``<namespace>_rate``, shared by every worker and machine.
+
+    Uses the dedupe store's pool and clock: an admitted request is one statement; a refused
+    one a second, to read how long the peer must wait.
+    """
+
+    def __init__(self, store: PostgresDedupeStore) -> None:
+        """Keep buckets beside ``store``'s table, through its connection pool."""
+        self._store = store
+        t = sql.Identifier(f"{store.namespace}_rate")
+        now = sql.SQL(_NOW.format(now="%(now)s"))
+        self._schema = sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {t} (key text PRIMARY KEY, tat float8 NOT NULL)"
+        ).format(t=t)
+        # excluded.tat - interval is "now": one clock reading per statement.
+        self._take = sql.SQL(
+            "INSERT INTO {t} AS b (key, tat) VALUES (%(key)s, {now} + %(interval)s)"
+            " ON CONFLICT (key) DO UPDATE"
+            " SET tat = GREATEST(b.tat, excluded.tat - %(interval)s) + %(interval)s"
+            " WHERE GREATEST(b.tat, excluded.tat - %(interval)s)"
+            " - (excluded.tat - %(interval)s) <= %(tau)s"
+            " RETURNING 1"
+        ).format(t=t, now=now)
+        self._wait = sql.SQL("SELECT tat - {now} - %(tau)s FROM {t} WHERE key = %(key)s").format(
+            t=t, now=now
+        )
+        self._ready = False
+
+    async def acquire(self, key: str, rate: Rate) -> float:
+        """Take one token; see :class:`~mtls_hooks.stores._ratelimit.RateLimiter`.
+
+        Raises:
+            StoreUnavailableError: the database cannot be reached.
+        """
+        store = self._store
+        params = {
+            "key": key,
+            "interval": rate.interval_s,
+            "tau": rate.tau_s,
+            "now": store._now(),
+        }
+        try:
+            pool = await store.connection_pool()
+            async with pool.connection() as conn:
+                if not self._ready:
+                    await conn.execute(self._schema)
+                    self._ready = True
+                if (await conn.execute(self._take, params)).rowcount == 1:
+                    return 0.0
+                row = await (await conn.execute(self._wait, params)).fetchone()
+        except PoolTimeout as exc:
+            raise StoreUnavailableError(f"rate-limit store {store._where}: no connection") from exc
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise StoreUnavailableError(
+                f"rate-limit store {store._where} failed: {_one_line(exc)}"
+            ) from exc
+        # Refilled between the two statements: come back after one interval.
+        return float(row[0]) if row is not None and row[0] > 0 else rate.interval_s
+
+    async def aclose(self) -> None:
+        """Nothing of its own to close: the pool is the store's."""
