@@ -11,8 +11,11 @@ Against a real running server (Hypercorn on 127.0.0.1) with real client handshak
 * ``CERT_REQUIRED``: OpenSSL itself fails the handshake of a client without a
   certificate, before our post-handshake check could (``CERT_OPTIONAL`` would leave the
   refusal to that check);
-* no renegotiation on the server and the sender contexts (Python cannot start one, so the
-  flag is read from the contexts actually in use).
+* no renegotiation on the server and the sender contexts (Python cannot start one, and
+  OpenSSL 3 servers refuse client-initiated renegotiation by default, so ``openssl s_client``'s
+  ``R`` cannot tell; the flag is read from the contexts actually in use);
+* the sender's context, against stdlib receivers offering only CBC suites or only TLS 1.1,
+  refuses both (and completes with an AEAD TLS 1.2 receiver).
 
 Server-side verdicts are read from the ``mtls_hooks.tls`` refusal line: refused TLS clients
 only see the connection end, so the client side asserts that no HTTP byte came back.
@@ -20,6 +23,7 @@ only see the connection end, so the client side asserts that no HTTP byte came b
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -308,3 +312,66 @@ def test_renegotiation_is_off_on_the_sender_context(pki: Pki) -> None:
         assert isinstance(context, ssl.SSLContext)
         assert context.options & ssl.OP_NO_RENEGOTIATION == ssl.OP_NO_RENEGOTIATION
         assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+# --------------------------------------------------------------------------- sender side
+
+
+def _client_handshake(pki: Pki, server_context: ssl.SSLContext) -> ssl.SSLError | None:
+    """Our client context against ``server_context`` over a socket pair; the client's error."""
+    client_context = create_client_context(ca_file=pki.ca_file)
+    server_raw, client_raw = socket.socketpair()
+    with server_raw, client_raw:
+        server_raw.settimeout(10.0)
+        client_raw.settimeout(10.0)
+
+        def serve() -> None:
+            with contextlib.suppress(ssl.SSLError, OSError):  # its own failure is not the point
+                server_context.wrap_socket(server_raw, server_side=True).close()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            client_context.wrap_socket(client_raw, server_hostname="localhost").close()
+        except ssl.SSLError as exc:
+            return exc
+        finally:
+            client_raw.close()
+            thread.join(10.0)
+    return None
+
+
+def _stdlib_server(pki: Pki, *, ciphers: str, version: ssl.TLSVersion) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.server_cert, pki.server_key)
+    context.set_ciphers(ciphers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.1, on purpose
+        context.minimum_version = version
+        context.maximum_version = version
+    return context
+
+
+@pytest.mark.parametrize(
+    ("ciphers", "version", "alert"),
+    [
+        pytest.param(CBC_SUITES, ssl.TLSVersion.TLSv1_2, "HANDSHAKE_FAILURE", id="cbc-only"),
+        pytest.param(
+            "ALL:@SECLEVEL=0", ssl.TLSVersion.TLSv1_1, "PROTOCOL_VERSION", id="tls1.1-only"
+        ),
+    ],
+)
+def test_sender_context_refuses_a_weak_receiver(
+    pki: Pki, ciphers: str, version: ssl.TLSVersion, alert: str
+) -> None:
+    error = _client_handshake(pki, _stdlib_server(pki, ciphers=ciphers, version=version))
+    assert error is not None, "our client completed a handshake it should refuse"
+    # The server's alert: it found nothing acceptable in what our client offered.
+    assert error.reason is not None
+    assert alert in error.reason, error
+
+
+def test_sender_context_accepts_an_aead_tls12_receiver(pki: Pki) -> None:
+    """The twin: the same stdlib server with one AEAD suite is fine."""
+    server = _stdlib_server(pki, ciphers=AEAD_SUITE, version=ssl.TLSVersion.TLSv1_2)
+    assert _client_handshake(pki, server) is None
