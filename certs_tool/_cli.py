@@ -24,6 +24,7 @@ from certs_tool._keys import KeyType, backup_key, load_private_key
 from certs_tool._passphrase import add_passphrase_options, existing_passphrase, new_passphrase
 from certs_tool._pins import pin_of
 from certs_tool._store import CA_CERT_FILE, CA_KEY_FILE, INDEX_FILE
+from certs_tool._verify import verify_certificate_file
 from mtls_hooks.core._identity import spki_pin
 
 __all__ = ["main"]
@@ -31,6 +32,7 @@ __all__ = ["main"]
 PROG = "certs-tool"
 _EXIT_ERROR = 1
 _EXIT_USAGE = 2
+_EXIT_NOT_VERIFIED = 2  # as `openssl verify`
 _QUICKSTART_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
@@ -210,6 +212,15 @@ def _cmd_backup_pin(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    why = verify_certificate_file(args.cert, args.ca, args.crl, purpose=args.purpose)
+    if why is None:
+        _print(f"{args.cert}: OK")
+        return 0
+    _print(f"{args.cert}: verification failed: {why}")
+    return _EXIT_NOT_VERIFIED
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 
@@ -323,7 +334,19 @@ def _args_backup_pin(p: argparse.ArgumentParser) -> None:
     _force_option(p)
 
 
-_Handler = Callable[[argparse.Namespace], None]
+def _args_verify(p: argparse.ArgumentParser) -> None:
+    p.add_argument("cert", metavar="CERT", help="PEM (leaf first, then intermediates) or DER")
+    p.add_argument("--ca", action="append", required=True, metavar="CA", help="CA bundle (PEM)")
+    p.add_argument("--crl", action="append", default=[], metavar="CRL", help="CRL (repeatable)")
+    p.add_argument(
+        "--purpose",
+        choices=("client", "server"),
+        default="client",
+        help="required extended key usage (default: %(default)s)",
+    )
+
+
+_Handler = Callable[[argparse.Namespace], int | None]
 _COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], _Handler], ...] = (
     ("quickstart", "write a CA, a server and a client identity to DIR",
      _args_quickstart, _cmd_quickstart),
@@ -340,6 +363,8 @@ _COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], _Han
     ("p12", "export CERT (with its chain) and KEY as PKCS#12", _args_p12, _cmd_p12),
     ("backup-pin", "write a backup key to KEY_OUT and print only its pin",
      _args_backup_pin, _cmd_backup_pin),
+    ("verify", "verify CERT against CAs and CRLs (exit 2 if it fails, as openssl verify)",
+     _args_verify, _cmd_verify),
 )  # fmt: skip
 
 
@@ -364,11 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     try:
-        args.handler(args)
+        status = args.handler(args)
     except CertsToolError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return _EXIT_ERROR
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: error: interrupted\n")
         return 130
-    return 0
+    return status or 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import ssl
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,14 @@ from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.core._policy import PeerPolicy
 from mtls_hooks.core._settings_names import CONFIG_PREFIX, RECEIVER_NAMES, SENDER_NAMES
 from mtls_hooks.core._suggest import did_you_mean
-from mtls_hooks.core._tls import PinningContext, RefusalHook, create_server_context
+from mtls_hooks.core._tls import (
+    PinningContext,
+    RefusalHook,
+    create_server_context,
+    load_client_ca,
+)
+from mtls_hooks.proxy._headers import HEADER_FORMATS
+from mtls_hooks.proxy._trust import ProxyAllowList
 
 __all__ = ["SERVER_NAMES", "ServerConfig", "env_settings", "parse_bind"]
 
@@ -33,6 +41,19 @@ _HTTP3_KEYS = frozenset({"quic_bind", "http3", "h3", "enable_http3"})
 _HTTP3_REFUSAL = (
     "HTTP/3 ignores client certificates; refusing '{key}' (mTLS needs TCP + TLS, not QUIC)"
 )
+# Behind a proxy: plain HTTP (loopback or Unix socket only), TLS, or mTLS with the proxy pinned.
+PROXY_LISTENERS = ("http", "tls", "mtls")
+UNIX_BIND_PREFIX = "unix:"
+
+
+def _is_loopback_bind(bind: str) -> bool:
+    if bind.startswith(UNIX_BIND_PREFIX):
+        return True
+    host, _ = parse_bind(bind)
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
@@ -87,15 +108,25 @@ class ServerConfig:
         watch_interval_s: how often watched files are checked (one ``os.stat`` each).
         log_level: logging level that :func:`mtls_hooks.serve`, its workers and the CLI
             apply when the application has not configured logging itself.
+        client_cert_header: proxy mode: the format in which a TLS-terminating proxy forwards
+            the client certificate (``rfc9440``, ``xfcc``, ``nginx``, ``alb``, ``traefik``).
+            ``client_ca``, ``crl``, ``pins`` and ``allow`` then apply to that certificate.
+        trusted_proxies: proxy mode: CIDR networks (and ``unix``) allowed to forward one; no
+            default.
+        proxy_listener: proxy mode: ``http`` (loopback or ``unix:`` binds only), ``tls``, or
+            ``mtls`` (the proxy presents a certificate from ``proxy_ca`` matching
+            ``proxy_pins``).
+        proxy_ca: CA bundles of the proxy's own client certificate (``mtls`` listener).
+        proxy_pins: SPKI pins or fingerprints of the proxy (``mtls`` listener).
         config_file: the TOML file this config came from; re-read on every reload.
 
     Raises:
         ConfigurationError: on any invalid value (see :meth:`validate`).
     """
 
-    certfile: str
-    keyfile: str
-    client_ca: tuple[str, ...]
+    certfile: str = ""
+    keyfile: str = ""
+    client_ca: tuple[str, ...] = ()
     key_password_env: str | None = None
     key_password_file: str | None = None
     crl: tuple[str, ...] = ()
@@ -113,6 +144,11 @@ class ServerConfig:
     watch_files: bool = False
     watch_interval_s: float = 2.0
     log_level: str = "INFO"
+    client_cert_header: str | None = None
+    trusted_proxies: tuple[str, ...] = ()
+    proxy_listener: str = "http"
+    proxy_ca: tuple[str, ...] = ()
+    proxy_pins: tuple[str, ...] = ()
     config_file: str | None = None
     # The env and CLI layers a file-backed config was merged with, so that a reload
     # re-reads the file without losing the higher-precedence layers.
@@ -139,7 +175,11 @@ class ServerConfig:
         if not self.bind:
             raise ConfigurationError("bind needs at least one address")
         for bind in self.bind:
-            parse_bind(bind)
+            if not bind.startswith(UNIX_BIND_PREFIX):
+                parse_bind(bind)
+        self._validate_proxy()
+        if self.serves_tls and not (self.certfile and self.keyfile):
+            raise ConfigurationError("certfile and keyfile are required to serve TLS")
         for name in ("handshake_timeout_s", "keep_alive_timeout_s", "read_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"{name} must be > 0")
@@ -159,6 +199,52 @@ class ServerConfig:
                 "the CA vouches for"
             )
 
+    @property
+    def proxy_mode(self) -> bool:
+        """True when a proxy forwards client certificates (``client_cert_header`` is set)."""
+        return self.client_cert_header is not None
+
+    @property
+    def serves_tls(self) -> bool:
+        """True unless this is proxy mode over plain HTTP."""
+        return not self.proxy_mode or self.proxy_listener != "http"
+
+    def _validate_proxy(self) -> None:
+        if not self.proxy_mode:
+            for name in ("trusted_proxies", "proxy_ca", "proxy_pins"):
+                if getattr(self, name):
+                    raise ConfigurationError(f"{name} is set but client_cert_header is not")
+            return
+        if self.client_cert_header not in HEADER_FORMATS:
+            raise ConfigurationError(
+                f"client_cert_header must be one of {', '.join(HEADER_FORMATS)}, got "
+                f"{self.client_cert_header!r}"
+                f"{did_you_mean(str(self.client_cert_header), HEADER_FORMATS)}"
+            )
+        ProxyAllowList.parse(self.trusted_proxies)
+        if self.proxy_listener not in PROXY_LISTENERS:
+            raise ConfigurationError(
+                f"proxy_listener must be one of {', '.join(PROXY_LISTENERS)}"
+                f"{did_you_mean(self.proxy_listener, PROXY_LISTENERS)}"
+            )
+        if self.proxy_listener == "http":
+            # Plain HTTP carries the forwarded credential in clear: loopback or a Unix
+            # socket only, where nothing between the proxy and us can read or inject it.
+            for bind in self.bind:
+                if not _is_loopback_bind(bind):
+                    raise ConfigurationError(
+                        f"bind {bind!r}: proxy_listener 'http' serves loopback addresses or "
+                        "unix: sockets only; use proxy_listener 'tls' or 'mtls' elsewhere"
+                    )
+        if self.proxy_listener == "mtls":
+            if not self.proxy_ca or not self.proxy_pins:
+                raise ConfigurationError(
+                    "proxy_listener 'mtls' needs proxy_ca and proxy_pins (the proxy is pinned)"
+                )
+            PeerPolicy.from_rules(self.proxy_pins)
+        elif self.proxy_ca or self.proxy_pins:
+            raise ConfigurationError("proxy_ca and proxy_pins need proxy_listener 'mtls'")
+
     def check_files(self) -> None:
         """Build the TLS context once to prove every file is readable and consistent.
 
@@ -169,7 +255,10 @@ class ServerConfig:
             ConfigurationError: unreadable files, a key not matching the certificate, a
                 wrong passphrase, a CRL missing for a client CA.
         """
-        self.server_context(on_refusal=None)
+        if self.proxy_mode:
+            load_client_ca(self.client_ca, self.crl)
+        if self.serves_tls:
+            self.server_context(on_refusal=None)
 
     def server_context(self, *, on_refusal: RefusalHook | None) -> PinningContext:
         """Build the pinned server context these settings describe.
@@ -181,6 +270,8 @@ class ServerConfig:
             ConfigurationError: unreadable files, a key not matching the certificate, a
                 wrong passphrase, a CRL missing for a client CA, bad pins.
         """
+        if self.proxy_mode:
+            return self._proxy_server_context(on_refusal)
         return create_server_context(
             certfile=self.certfile,
             keyfile=self.keyfile,
@@ -190,6 +281,32 @@ class ServerConfig:
             key_password=self.key_password(),
             on_refusal=on_refusal,
         )
+
+    def _proxy_server_context(self, on_refusal: RefusalHook | None) -> PinningContext:
+        if self.proxy_listener == "mtls":
+            # The handshake is with the proxy: its CA, its pins.
+            return create_server_context(
+                certfile=self.certfile,
+                keyfile=self.keyfile,
+                client_ca=self.proxy_ca,
+                peer_policy=PeerPolicy.from_rules(self.proxy_pins),
+                key_password=self.key_password(),
+                on_refusal=on_refusal,
+            )
+        if self.proxy_listener != "tls":
+            raise ConfigurationError("proxy_listener 'http' serves no TLS")
+        context = create_server_context(
+            certfile=self.certfile,
+            keyfile=self.keyfile,
+            client_ca=self.client_ca,
+            peer_policy=None,
+            key_password=self.key_password(),
+            on_refusal=on_refusal,
+        )
+        # A 'tls' listener asks the proxy for no certificate (trusted_proxies decides who may
+        # forward): the one setting taken back from the hardened mTLS context.
+        context.verify_mode = ssl.CERT_NONE
+        return context
 
     def peer_policy(self) -> PeerPolicy:
         """Return the handshake policy built from ``pins``, ``allow`` and ``allow_any_client``.
@@ -222,12 +339,12 @@ class ServerConfig:
 
     def watched_files(self) -> tuple[str, ...]:
         """Files whose change triggers a reload when ``watch_files`` is on."""
-        files = [self.certfile, self.keyfile, *self.client_ca, *self.crl]
+        files = [self.certfile, self.keyfile, *self.client_ca, *self.crl, *self.proxy_ca]
         if self.config_file:
             files.append(self.config_file)
         if self.key_password_file:
             files.append(self.key_password_file)
-        return tuple(dict.fromkeys(files))
+        return tuple(dict.fromkeys(f for f in files if f))
 
     def replace(self, **changes: Any) -> ServerConfig:
         """Return a copy with ``changes`` applied and validated.
@@ -317,7 +434,10 @@ class ServerConfig:
     def _build(cls, mapping: dict[str, Any]) -> ServerConfig:
         layers = mapping.pop("_layers", ())
         _check_keys(mapping)
-        missing = [k for k in ("certfile", "keyfile", "client_ca") if not mapping.get(k)]
+        required = ["certfile", "keyfile", "client_ca"]
+        if mapping.get("client_cert_header") and mapping.get("proxy_listener", "http") == "http":
+            required = ["client_ca"]  # plain HTTP behind a proxy: no server certificate
+        missing = [k for k in required if not mapping.get(k)]
         if missing:
             raise ConfigurationError(f"missing required setting(s): {', '.join(missing)}")
         try:
@@ -326,7 +446,9 @@ class ServerConfig:
             raise ConfigurationError(f"invalid server configuration: {exc}") from exc
 
 
-_TUPLE_KEYS = frozenset({"client_ca", "crl", "pins", "allow", "bind"})
+_TUPLE_KEYS = frozenset(
+    {"client_ca", "crl", "pins", "allow", "bind", "trusted_proxies", "proxy_ca", "proxy_pins"}
+)
 _BOOL_KEYS = frozenset({"allow_any_client", "watch_files"})
 _INT_KEYS = frozenset({"workers", "keep_alive_max_requests", "max_header_bytes"})
 _FLOAT_KEYS = frozenset(
@@ -450,7 +572,7 @@ def _read_toml(path: str) -> dict[str, Any]:
     for key in ("certfile", "keyfile", "key_password_file"):
         if isinstance(data.get(key), str):
             data[key] = str(base / data[key])
-    for key in ("client_ca", "crl"):
+    for key in ("client_ca", "crl", "proxy_ca"):
         value = data.get(key)
         if isinstance(value, str):
             value = [value]
