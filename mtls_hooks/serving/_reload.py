@@ -77,6 +77,26 @@ def build_snapshot(
     return Snapshot(config, context, policy, leaf, generation)
 
 
+def _check_swappable(listening: ssl.SSLContext, new: ssl.SSLContext) -> None:
+    """Refuse material whose verify flags differ from the listening context's.
+
+    The ``sni_callback`` swap is OpenSSL's ``SSL_set_SSL_CTX``, which moves the certificate,
+    key and CA store (CRLs included) but not the ``X509_VERIFY_PARAM`` that ``SSL_new``
+    copied from the listening context (ssl/ssl_lib.c). A CRL added at reload would be
+    loaded and never checked (revoked clients admitted); one removed would fail every client
+    ("unable to get certificate CRL").
+
+    Raises:
+        ConfigurationError: ``crl`` was switched on or off.
+    """
+    if new.verify_flags != listening.verify_flags:
+        raise ConfigurationError(
+            "crl was added or removed: that takes a restart (each connection keeps the "
+            "CRL checking of the context the server started with); CRLs can be replaced "
+            "at reload"
+        )
+
+
 def _read_cert(path: str) -> str:
     try:
         return Path(path).read_text("ascii")
@@ -134,8 +154,9 @@ class TLSMaterial:
         self, ssl_object: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
     ) -> None:
         # Called by OpenSSL on the ClientHello of every new connection; swapping the context
-        # here changes the certificate, key, CA store (with its CRL flags) and the pin policy
-        # that _tls checks after the handshake, for this connection only.
+        # here changes the certificate, key, CA store (with its CRLs) and the pin policy
+        # that _tls checks after the handshake, for this connection only. The verify flags
+        # stay the listening context's: see _check_swappable.
         current = self._current.context
         if ssl_object.context is not current:
             ssl_object.context = current
@@ -150,6 +171,7 @@ class TLSMaterial:
         try:
             config = old.config.reloaded()
             new = build_snapshot(config, on_refusal=self._on_refusal, generation=old.generation + 1)
+            _check_swappable(self._initial.context, new.context)
         except (ConfigurationError, OSError, ValueError) as exc:
             self.failed_reloads += 1
             logger.error(

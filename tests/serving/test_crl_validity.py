@@ -21,6 +21,7 @@ import pytest
 
 from certs_tool import CA
 from mtls_hooks import ConfigurationError
+from mtls_hooks.serving._config import ServerConfig
 from mtls_hooks.serving._serving import serve_async
 from mtls_hooks.testing import running_server
 from tests.serving.apps import app
@@ -117,3 +118,60 @@ def test_bad_crl_at_reload_keeps_the_old_material(
         assert server.reload() is True
         assert server.material.current.generation == before.generation + 1
         assert _status(server.url("/whoami"), fresh_pki, alpha) == 200
+
+
+def _toml(pki: Pki, *pinned: Identity, crl: bool) -> ServerConfig:
+    path = pki.directory / "receiver.toml"
+    pins = ", ".join(f"'{i.spki_pin}'" for i in pinned)
+    path.write_text(
+        "[server]\ncertfile = 'server.pem'\nkeyfile = 'server.key'\nclient_ca = ['ca.pem']\n"
+        + ("crl = ['crl.pem']\n" if crl else "")
+        + f"pins = [{pins}]\ngraceful_timeout_s = 2\n",
+        encoding="utf-8",
+    )
+    return ServerConfig.from_toml(path)
+
+
+def test_crl_added_at_reload_is_refused_not_silently_unchecked(fresh_pki: Pki) -> None:
+    """Each connection keeps the CRL-check flag of the listening context (OpenSSL's
+    SSL_set_SSL_CTX moves the CA store, not the verify flags): a CRL added at reload was
+    loaded and never consulted, so a revoked client kept being admitted. The reload now
+    fails and says a restart is needed."""
+    alpha, revoked = fresh_pki.identity("alpha"), fresh_pki.identity("revoked")
+    config = _toml(fresh_pki, alpha, revoked, crl=False)
+    with LogCollector("mtls_hooks.reload") as log, running_server(app, config) as server:
+        before = server.material.current
+        fresh_pki.ca.revoke(revoked.issued)
+        fresh_pki.write_crl()
+        _toml(fresh_pki, alpha, revoked, crl=True)
+        assert server.reload() is False
+        assert server.material.current is before
+        [line] = [line for line in log.lines if "event=reload_failed" in line]
+        assert "restart" in line
+        assert _status(server.url("/whoami"), fresh_pki, alpha) == 200
+
+
+def test_crl_removed_at_reload_is_refused_not_an_outage(fresh_pki: Pki) -> None:
+    """The other way round, every client failed ("unable to get certificate CRL")."""
+    alpha = fresh_pki.identity("alpha")
+    config = _toml(fresh_pki, alpha, crl=True)
+    with LogCollector("mtls_hooks.reload") as log, running_server(app, config) as server:
+        _toml(fresh_pki, alpha, crl=False)
+        assert server.reload() is False
+        [line] = [line for line in log.lines if "event=reload_failed" in line]
+        assert "restart" in line
+        assert _status(server.url("/whoami"), fresh_pki, alpha) == 200
+
+
+def test_crl_replaced_at_reload_is_checked(fresh_pki: Pki) -> None:
+    """The twin: with ``crl`` on before and after, a new CRL takes effect at once."""
+    alpha, revoked = fresh_pki.identity("alpha"), fresh_pki.identity("revoked")
+    config = _toml(fresh_pki, alpha, revoked, crl=True)
+    with running_server(app, config) as server:
+        assert _status(server.url("/whoami"), fresh_pki, revoked) == 200
+        fresh_pki.ca.revoke(revoked.issued)
+        fresh_pki.write_crl()
+        assert server.reload() is True
+        assert _status(server.url("/whoami"), fresh_pki, alpha) == 200
+        with pytest.raises(httpx.TransportError):
+            _status(server.url("/whoami"), fresh_pki, revoked)
