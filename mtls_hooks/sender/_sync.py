@@ -1,4 +1,8 @@
-"""The synchronous twin: :class:`WebhookSender`, over one pooled keep-alive ``httpx.Client``."""
+"""The synchronous twin: :class:`WebhookSender`, over one pooled keep-alive ``httpx.Client``.
+
+Its connections go through :class:`~mtls_hooks.sender._deadline.DeadlineBackend`, so the try's
+budget (attempt timeout and deadline) bounds every blocking step, not each read alone.
+"""
 
 from __future__ import annotations
 
