@@ -61,6 +61,8 @@ _LOG = logging.getLogger("mtls_hooks.outbox")
 _T = TypeVar("_T")
 # An endpoint record is read again after this long: an edit or a disable applies soon.
 _ENDPOINT_TTL_S: Final = 2.0
+# How long the settler gathers settlements before writing them in one transaction.
+_SETTLE_DELAY_S: Final = 0.005
 
 
 @dataclass
@@ -232,7 +234,10 @@ class DeliveryWorker:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._wake.set()
+        # Wake the claim loop only once a claim is worth making: waking it on every
+        # completion cost a loop turn and a timer per delivery.
+        if self.concurrency - len(self._tasks) >= self._min_claim or not self._tasks:
+            self._wake.set()
         if not task.cancelled() and task.exception() is not None:  # pragma: no cover - a bug
             _LOG.error("outbox delivery task failed", exc_info=task.exception())
 
@@ -252,6 +257,10 @@ class DeliveryWorker:
     async def _settler(self) -> None:
         while True:
             await self._settled.wait()
+            if len(self._pending) < self.batch and not self._stopping:
+                # Let a few more finish first: one transaction for several settlements
+                # (their leases run for lease_s; a few milliseconds here cost nothing).
+                await asyncio.sleep(_SETTLE_DELAY_S)
             self._settled.clear()
             batch, self._pending = self._pending, []
             if batch:

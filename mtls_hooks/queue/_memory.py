@@ -6,7 +6,6 @@ the same conformance suite as the SQL stores, which is what makes it a faithful 
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import threading
@@ -85,7 +84,7 @@ class MemoryQueueStore:
                 fifo_key=job.fifo_key,
             )
             seq = next(self._seq)
-            self._jobs[job_id] = (seq, dataclasses.replace(stored, seq=seq))
+            self._jobs[job_id] = (seq, stored._replace(seq=seq))
             if job.idempotency_key is not None:
                 self._keys[(job.queue, job.idempotency_key)] = job_id
         self._wake()
@@ -128,8 +127,7 @@ class MemoryQueueStore:
             ]
             claimed = []
             for seq, job in chosen:
-                leased = dataclasses.replace(
-                    job,
+                leased = job._replace(
                     state=JobState.RUNNING,
                     lease_owner=owner,
                     lease_expires_at=now + lease_s,
@@ -157,7 +155,7 @@ class MemoryQueueStore:
                     seq, job = entry
                     self._jobs[job_id] = (
                         seq,
-                        dataclasses.replace(job, lease_expires_at=expires_at),
+                        job._replace(lease_expires_at=expires_at),
                     )
                     held += 1
         return held
@@ -181,8 +179,7 @@ class MemoryQueueStore:
                 )
                 self._jobs[s.job_id] = (
                     seq,
-                    dataclasses.replace(
-                        job,
+                    job._replace(
                         state=state,
                         run_at=job.run_at if s.run_at is None else s.run_at,
                         attempts=job.attempts + counted,
@@ -258,9 +255,7 @@ class MemoryQueueStore:
                     continue
                 self._jobs[job_id] = (
                     seq,
-                    dataclasses.replace(
-                        job, state=JobState.PENDING, run_at=now, attempts=0, updated_at=now
-                    ),
+                    job._replace(state=JobState.PENDING, run_at=now, attempts=0, updated_at=now),
                 )
                 count += 1
         if count:

@@ -66,7 +66,10 @@ CREATE INDEX IF NOT EXISTS mtls_hooks_jobs_leased
     ON mtls_hooks_jobs (queue, lease_expires_at) WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS mtls_hooks_jobs_fifo ON mtls_hooks_jobs (queue, fifo_key, seq)
     WHERE fifo_key IS NOT NULL AND state IN ('pending', 'running');
-CREATE INDEX IF NOT EXISTS mtls_hooks_jobs_state ON mtls_hooks_jobs (queue, state, target);
+-- Only the dead letter is listed by state; an index over every state would be rewritten by
+-- each claim and settlement (status counts scan: purge delivered rows to keep it quick).
+CREATE INDEX IF NOT EXISTS mtls_hooks_jobs_failed
+    ON mtls_hooks_jobs (queue, target) WHERE state = 'failed';
 CREATE TABLE IF NOT EXISTS mtls_hooks_attempts (
     job_id TEXT NOT NULL,
     number INTEGER NOT NULL,

@@ -41,7 +41,7 @@ import enum
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, Protocol, runtime_checkable
+from typing import Any, Final, Literal, NamedTuple, Protocol, runtime_checkable
 
 from mtls_hooks.core._errors import ConfigurationError, MtlsHooksError
 
@@ -105,9 +105,8 @@ class NewJob:
     run_at: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
-    """A job as stored.
+class Job(NamedTuple):
+    """A job as stored (named tuples, like the sender's results: a worker builds thousands).
 
     Attributes:
         attempts: attempts in the current round (reset by an operator's requeue), which the
@@ -144,8 +143,7 @@ class Job:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptRecord:
+class AttemptRecord(NamedTuple):
     """One attempt in a job's history.
 
     Attributes:
@@ -169,8 +167,7 @@ class AttemptRecord:
     worker: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Settlement:
+class Settlement(NamedTuple):
     """How a claim ends; see :meth:`QueueStore.settle`.
 
     Attributes:
