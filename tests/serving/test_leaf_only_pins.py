@@ -9,7 +9,10 @@ certificate; the pin check must see that leaf, in the handshake and on a pinned 
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +22,10 @@ import httpx
 import pytest
 from quart import Quart, request
 
+from mtls_hooks.core._errors import PinError
 from mtls_hooks.core._identity import PeerIdentity
-from mtls_hooks.core._tls import create_client_context
+from mtls_hooks.core._policy import PeerPolicy
+from mtls_hooks.core._tls import create_client_context, create_server_context
 from mtls_hooks.receiver._authz import current_peer, require_peer
 from mtls_hooks.testing import running_server
 from tests.serving.apps import app
@@ -137,3 +142,62 @@ def test_app_sees_the_verified_chain_not_the_sent_one(padded: Padded, route_serv
         subjects = client.get(route_server.replace("/pinned", "/chain")).json()["subjects"]
     ca_subject = padded.pki.ca.certificate.subject.rfc4514_string()
     assert subjects == ["CN=unpinned", ca_subject]
+
+
+# --------------------------------------------------------------------------- sender side
+
+
+@pytest.mark.parametrize(
+    ("pin_padding", "refused"),
+    [
+        pytest.param(True, True, id="receiver-padded-with-the-pinned-certificate"),
+        pytest.param(False, False, id="receiver-leaf-pinned"),
+    ],
+)
+def test_sender_pins_the_receivers_verified_leaf(
+    padded: Padded, pin_padding: bool, refused: bool
+) -> None:
+    """The same attack against a sender: a receiver's chain padded with the pinned cert."""
+    pki = padded.pki
+    decoy = pki.ca.issue_server("localhost", "127.0.0.1")
+    chain = pki.directory / "receiver-padded.pem"
+    chain.write_bytes(pki.server.cert_pem.bytes() + decoy.cert_pem.bytes())
+    server_context = create_server_context(
+        certfile=chain,
+        keyfile=pki.server_key,
+        client_ca=[pki.ca_file],
+        peer_policy=PeerPolicy(allow_any=True),
+    )
+    pin = decoy.spki_pin if pin_padding else pki.server.spki_pin
+    client_context = create_client_context(
+        ca_file=pki.ca_file,
+        certfile=padded.pinned.cert,
+        keyfile=padded.pinned.key,
+        server_policy=PeerPolicy.from_rules([pin]),
+    )
+    server_raw, client_raw = socket.socketpair()
+    with server_raw, client_raw:
+        server_raw.settimeout(10.0)
+        client_raw.settimeout(10.0)
+
+        def serve() -> None:
+            # The server's own view of a refused handshake is not the point here.
+            with (
+                contextlib.suppress(ssl.SSLError, OSError),
+                server_context.wrap_socket(server_raw, server_side=True) as tls,
+            ):
+                tls.sendall(b"hello")
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            if refused:
+                with pytest.raises(PinError) as caught:
+                    client_context.wrap_socket(client_raw, server_hostname="localhost")
+                assert caught.value.spki_pin == pki.server.spki_pin  # the leaf, named
+            else:
+                with client_context.wrap_socket(client_raw, server_hostname="localhost") as tls:
+                    assert tls.recv(5) == b"hello"
+        finally:
+            client_raw.close()
+            thread.join(10.0)
