@@ -13,6 +13,8 @@ import asyncio
 import datetime as dt
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -175,3 +177,30 @@ def test_crl_replaced_at_reload_is_checked(fresh_pki: Pki) -> None:
         assert _status(server.url("/whoami"), fresh_pki, alpha) == 200
         with pytest.raises(httpx.TransportError):
             _status(server.url("/whoami"), fresh_pki, revoked)
+
+
+@pytest.mark.parametrize(("make_crl", "message"), BAD_CRLS)
+def test_cli_serve_refuses_a_bad_crl_in_one_line(
+    fresh_pki: Pki, make_crl: BadCrl, message: str
+) -> None:
+    Path(fresh_pki.crl_file).write_bytes(make_crl(fresh_pki))
+    alpha = fresh_pki.identity("alpha")
+    # A child process: were the check gone, it would serve instead of exiting, and the
+    # timeout turns that into a failure rather than a hung suite.
+    # fmt: off
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "mtls_hooks.cli._main", "serve", "tests.serving.apps:app",
+            "--cert", fresh_pki.server_cert, "--key", fresh_pki.server_key,
+            "--client-ca", fresh_pki.ca_file, "--crl", fresh_pki.crl_file,
+            "--pin", alpha.spki_pin, "--bind", "127.0.0.1:0",
+        ],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60,
+        check=False,
+    )
+    # fmt: on
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("mtls-hooks: error: ")
+    assert re.search(message, line), line
