@@ -124,8 +124,12 @@ def test_a_dripping_receiver_never_holds_a_caller(
     kwargs = {**exact_kwargs(pki, fake_time, **policy), "monotonic": time.monotonic, **extra}
     if policy["deadline_s"] > 1:
         kwargs["retry"] = kwargs["retry"].replace(stop=stop_after_attempt(1))
+        why = "attempt limit"
+    else:
+        why = "deadline of 0.5 s"  # no time left for another try
     with pytest.raises(RetriesExhaustedError, match="no answer in time") as caught:
         deliver(kind, kwargs, server.url(), b"{}")
+    assert str(caught.value).startswith(f"gave up after 1 attempt(s) ({why}): ")
     server.stop()
     (dripped,) = server.drips
     assert dripped.sent_bytes < 100
@@ -135,4 +139,4 @@ def test_a_dripping_receiver_never_holds_a_caller(
     assert attempt.status_code is None
     assert attempt.error is not None
     assert "Timeout" in attempt.error
-    assert fake_time.sleeps == []  # the deadline left no time for another try
+    assert fake_time.sleeps == []
