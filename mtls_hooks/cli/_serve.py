@@ -21,6 +21,8 @@ examples:
   mtls-hooks serve myapp:app --cert server.pem --key server.key --client-ca clients-ca.pem \\
       --pin sha256/AAAA...= --bind 0.0.0.0:8443 --bind [::]:8443
   mtls-hooks serve myapp:app --config receiver.toml --workers 4 --watch
+  mtls-hooks serve myapp:app --client-cert-header nginx --trusted-proxy 127.0.0.1/32 \\
+      --client-ca clients-ca.pem --pin sha256/AAAA...= --bind 127.0.0.1:8080
 
 A client the CA vouches for but no --pin/--allow-san admits is refused during the TLS
 handshake (under TLS 1.3 it sees only a dropped connection); the reason is logged on
@@ -81,6 +83,38 @@ def add_parser(subparsers: Any) -> None:
         help="reload when certificate, key, CA, CRL or config files change",
     )
     parser.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ...")
+    proxy = parser.add_argument_group(
+        "behind a TLS-terminating proxy",
+        "the proxy forwards the client certificate in a header; it is read only from "
+        "--trusted-proxy peers and re-verified against --client-ca, --crl and the pins",
+    )
+    proxy.add_argument(
+        "--client-cert-header",
+        metavar="FORMAT",
+        help="rfc9440, xfcc (Envoy), nginx, alb or traefik: turns proxy mode on",
+    )
+    proxy.add_argument(
+        "--trusted-proxy",
+        dest="trusted_proxies",
+        action="append",
+        metavar="CIDR",
+        help="network allowed to forward certificates, or 'unix' (repeatable; no default)",
+    )
+    proxy.add_argument(
+        "--proxy-listener",
+        metavar="KIND",
+        help="http (loopback or unix: bind only, the default), tls, or mtls",
+    )
+    proxy.add_argument(
+        "--proxy-ca", action="append", metavar="PEM", help="CA of the proxy's certificate (mtls)"
+    )
+    proxy.add_argument(
+        "--proxy-pin",
+        dest="proxy_pins",
+        action="append",
+        metavar="PIN",
+        help="SPKI pin or fingerprint of the proxy (mtls; repeatable)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -97,6 +131,11 @@ _OVERRIDES = (
     "workers",
     "watch_files",
     "log_level",
+    "client_cert_header",
+    "trusted_proxies",
+    "proxy_listener",
+    "proxy_ca",
+    "proxy_pins",
 )
 
 

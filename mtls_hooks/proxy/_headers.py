@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -380,8 +381,13 @@ def is_client_cert_header(name: bytes | str) -> bool:
     ``XSSLCLIENTCERT`` are the same header to a stack that normalises names (nginx drops
     underscore names by default; others map ``_`` to ``-``).
     """
-    text = name.decode("latin-1") if isinstance(name, bytes) else name
-    compact = text.lower().replace("-", "").replace("_", "")
+    return _looks_like_cert_header(name if isinstance(name, bytes) else name.encode("latin-1"))
+
+
+# Header names repeat from request to request: each is classified once (bounded).
+@functools.lru_cache(maxsize=4096)
+def _looks_like_cert_header(name: bytes) -> bool:
+    compact = name.decode("latin-1").lower().replace("-", "").replace("_", "")
     return compact in _SPOOF_EXACT or any(marker in compact for marker in _SPOOF_MARKERS)
 
 

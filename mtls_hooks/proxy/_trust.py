@@ -6,6 +6,7 @@ Counting hops, as Werkzeug's and Hypercorn's ProxyFix do, never looks at who con
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -71,10 +72,16 @@ class ProxyAllowList:
             return self.unix
         if not isinstance(client, (tuple, list)) or not client:
             return False
-        try:
-            address = ipaddress.ip_address(str(client[0]).split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped  # ::ffff:10.0.0.1 on a dual-stack socket
-        return any(address in network for network in self.networks)
+        return _host_allowed(self.networks, str(client[0]))
+
+
+# A proxy connects from one or a few addresses: each is looked up once (bounded).
+@functools.lru_cache(maxsize=1024)
+def _host_allowed(networks: tuple[_Network, ...], host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:10.0.0.1 on a dual-stack socket
+    return any(address in network for network in networks)

@@ -44,7 +44,6 @@ from mtls_hooks.core._tls import PinningContext, RefusalHook
 from mtls_hooks.proxy._headers import (
     ForwardedCert,
     ForwardedCertError,
-    client_cert_headers_in,
     is_client_cert_header,
     parse_forwarded_cert,
 )
@@ -92,9 +91,9 @@ class ProxyState:
     verifier: ForwardedVerifier
     max_header_bytes: int
     generation: int = 0
-    parsed: OrderedDict[
-        tuple[tuple[bytes, bytes], ...], ForwardedCert | ForwardedCertError | None
-    ] = field(default_factory=OrderedDict, repr=False, compare=False)
+    parsed: OrderedDict[tuple[tuple[bytes, bytes], ...], _Parsed | ForwardedCertError | None] = (
+        field(default_factory=OrderedDict, repr=False, compare=False)
+    )
 
     @classmethod
     def build(cls, config: ServerConfig, generation: int = 0) -> ProxyState:
@@ -114,29 +113,44 @@ class ProxyState:
             generation=generation,
         )
 
-    def parse(self, headers: list[tuple[bytes, bytes]]) -> ForwardedCert | None:
-        """Parse the forwarded certificate, cached per exact header values.
+    def parse(self, cert_headers: tuple[tuple[bytes, bytes], ...]) -> _Parsed | None:
+        """Parse the forwarded certificate, cached per exact client-certificate headers.
+
+        Args:
+            cert_headers: the request's client-certificate-like header lines.
 
         Raises:
             ForwardedCertError: as :func:`~mtls_hooks.proxy._headers.parse_forwarded_cert`.
         """
-        key = tuple((n.lower(), v) for n, v in headers if is_client_cert_header(n))
         cache = self.parsed
-        hit = cache.get(key, _MISSING)
+        hit = cache.get(cert_headers, _MISSING)
         if hit is _MISSING:
             try:
-                hit = parse_forwarded_cert(self.header_format, headers)
+                forwarded = parse_forwarded_cert(self.header_format, cert_headers)
+                hit = None if forwarded is None else _Parsed(forwarded)
             except ForwardedCertError as exc:
                 hit = exc
-            cache[key] = hit
+            cache[cert_headers] = hit
             if len(cache) > _PARSE_CACHE_ENTRIES:
                 cache.popitem(last=False)
         if isinstance(hit, ForwardedCertError):
             raise ForwardedCertError(
                 str(hit), reason=hit.reason, status=hit.status, subject=hit.subject
             )
-        result: ForwardedCert | None = hit
+        result: _Parsed | None = hit
         return result
+
+
+class _Parsed:
+    """A parsed forwarded certificate and its chain as PEM, for the ``tls`` extension."""
+
+    __slots__ = ("cert", "chain_pem")
+
+    def __init__(self, cert: ForwardedCert) -> None:
+        self.cert = cert
+        self.chain_pem = tuple(
+            ssl.DER_cert_to_PEM_cert(der) for der in (cert.leaf_der, *cert.chain_der)
+        )
 
 
 _MISSING: Any = object()
@@ -172,8 +186,11 @@ class ForwardedCertApp:
             await _refuse(scope, send, error, header="-")
             return
         client = scope.get("client")
+        cert_headers = tuple(
+            (name.lower(), value) for name, value in headers if is_client_cert_header(name)
+        )
         if not state.trusted.allows(client):
-            named = client_cert_headers_in(headers)
+            named = [name.decode("latin-1") for name, _ in cert_headers]
             detail = (
                 f"client certificate header {named[0]!r} from {_peer_text(client)}, which is "
                 "not a trusted proxy"
@@ -184,32 +201,32 @@ class ForwardedCertApp:
             await _refuse(scope, send, error, header=named[0] if named else "-")
             return
         try:
-            forwarded = state.parse(headers)
-            if forwarded is None:
+            parsed = state.parse(cert_headers)
+            if parsed is None:
                 raise ForwardedCertError(
                     f"the proxy forwarded no client certificate ({state.header_format} header)",
                     reason="no-certificate",
                     status=403,
                 )
-            identity = state.verifier.verify(forwarded)
+            identity = state.verifier.verify(parsed.cert)
         except ForwardedCertError as error:
             await _refuse(scope, send, error, header=state.header_format)
             return
-        kept = [(name, value) for name, value in headers if not is_client_cert_header(name)]
+        if cert_headers:
+            headers = [(n, v) for n, v in headers if not is_client_cert_header(n)]
         extensions = dict(scope.get("extensions") or {})
-        extensions["tls"] = _tls_extension(forwarded, identity, client, state.header_format)
-        await self._app({**scope, "headers": kept, "extensions": extensions}, receive, send)
+        extensions["tls"] = _tls_extension(parsed, identity, client, state.header_format)
+        await self._app({**scope, "headers": headers, "extensions": extensions}, receive, send)
 
 
 def _tls_extension(
-    cert: ForwardedCert, identity: PeerIdentity, proxy: Any, header_format: str
+    parsed: _Parsed, identity: PeerIdentity, proxy: Any, header_format: str
 ) -> dict[str, Any]:
     # ASGI TLS spec 0.2: client_cert_chain is PEM, leaf first; tls_version and cipher_suite
     # describe the client's TLS connection, which ended at the proxy: unknown here.
-    chain = [ssl.DER_cert_to_PEM_cert(der) for der in (cert.leaf_der, *cert.chain_der)]
     return {
         "server_cert": None,
-        "client_cert_chain": chain,
+        "client_cert_chain": list(parsed.chain_pem),
         "client_cert_name": identity.subject,
         "client_cert_error": None,
         "tls_version": None,

@@ -138,10 +138,11 @@ def make_proxy_pki(directory: Path) -> ProxyPki:
     good = ca.issue_client("billing", uris=["spiffe://test.example/billing"])
     key = good.private_key
     revoked = ca.issue_client("revoked", key=key)
+    stranger = ca.issue_client("stranger")
     ca.revoke(revoked)
     clients = {
         "good": [_der(good)],
-        "unpinned": [_der(ca.issue_client("stranger"))],
+        "unpinned": [_der(stranger)],
         "revoked": [_der(revoked)],
         "expired": [
             _der(
@@ -155,6 +156,13 @@ def make_proxy_pki(directory: Path) -> ProxyPki:
         "other-ca": [_der(other.issue_client("impostor", key=key))],
         "pin-on-intermediate": [_der(inter.issue_client("deep")), _der(inter)],
     }  # fmt: skip
+    # Key files for real TLS clients (the nginx test): same-CA pinned, unpinned, revoked.
+    for name, issued in (("good", good), ("unpinned", stranger), ("revoked", revoked)):
+        issued.chain_pem.write_to_path(directory / f"{name}.pem")
+        issued.private_key_pem().write_to_path(directory / f"{name}-key.pem")
+    server = ca.issue_server("localhost", "127.0.0.1")
+    server.chain_pem.write_to_path(directory / "server.pem")
+    server.private_key_pem().write_to_path(directory / "server-key.pem")
     (directory / "ca.pem").write_bytes(ca.cert_pem.bytes() + inter.cert_pem.bytes())
     (directory / "ca.crl").write_bytes(ca.crl_pem().bytes())
     (directory / "intermediate.crl").write_bytes(inter.crl_pem().bytes())

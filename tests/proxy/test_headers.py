@@ -166,7 +166,8 @@ def test_chain_length_is_bounded(header_format: str, pki: ProxyPki) -> None:
         "XFCC", "X-SSL-Client-Cert", "X-SSL-CERT", "X-SSL-Client-Verify", "x_ssl_client_verify",
         "SSL_CLIENT_VERIFY", "X-Client-Verify", "X-Amzn-Mtls-Clientcert-Leaf",
         "X-Forwarded-Tls-Client-Cert-Info", "Cf-Client-Cert-Sha256", "X-Client-Cert-Hash",
-        "X-SSL-Client-S-DN", "X-Client-DN", "ssl-verified",
+        "X-SSL-Client-S-DN", "X-Client-DN", "ssl-verified", "X-SSL-Client-Not-After",
+        "x_tls_client_v_end",
     ],
 )  # fmt: skip
 def test_client_cert_header_names_are_recognised(name: str) -> None:

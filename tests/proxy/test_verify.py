@@ -83,6 +83,25 @@ def test_missing_crl_for_an_intermediate_fails_closed(tmp_path: Path) -> None:
     CertificateVerifier([ca.certificate]).verify(der, [inter_der])
 
 
+def test_a_revoked_intermediate_refuses_its_leaves() -> None:
+    # CRL_CHECK_ALL, not only CRL_CHECK: the intermediate's revocation counts too.
+    ca = CA()
+    inter = ca.create_intermediate()
+    leaf = inter.issue_client("deep").certificate.public_bytes(Encoding.DER)
+    inter_der = inter.certificate.public_bytes(Encoding.DER)
+    crls = [x509.load_pem_x509_crl(inter.crl_pem().bytes())]
+    verifier = CertificateVerifier(
+        [ca.certificate], [x509.load_pem_x509_crl(ca.crl_pem().bytes()), *crls]
+    )
+    verifier.verify(leaf, [inter_der])
+    ca.revoke(inter.certificate)
+    revoked = CertificateVerifier(
+        [ca.certificate], [x509.load_pem_x509_crl(ca.crl_pem().bytes()), *crls]
+    )
+    with pytest.raises(ForwardedCertError, match=r"certificate revoked \(CRL\) \(depth 1\)"):
+        revoked.verify(leaf, [inter_der])
+
+
 def test_a_ca_without_its_crl_is_a_configuration_error(pki: ProxyPki) -> None:
     with pytest.raises(ConfigurationError, match="has no CRL"):
         CertificateVerifier.from_files([pki.ca_file], pki.crl_files[:1])
