@@ -108,9 +108,12 @@ def test_rotate_server_cert_and_revoke_client_under_load(fresh_pki: Pki) -> None
             # Established connections keep working, even the one whose client is now revoked
             # (revocation applies to handshakes; restart or drain to cut live sessions).
             assert (await beta_established.get(load.url)).status_code == 200
-        with pytest.raises(httpx.TransportError):
+        # httpx's anyio backend passes a TLS alert through as ssl.SSLError, unwrapped.
+        with pytest.raises((httpx.TransportError, ssl.SSLError)) as caught:
             async with httpx.AsyncClient(verify=pki.context(beta)) as beta_again:
                 await beta_again.get(load.url)
+        if isinstance(caught.value, ssl.SSLError):
+            assert caught.value.reason == "SSLV3_ALERT_CERTIFICATE_REVOKED", caught.value
         load.stop.set()
         await asyncio.wait_for(asyncio.gather(*workers), PHASE_TIMEOUT_S)
         return load
