@@ -312,7 +312,11 @@ class ForwardedVerifier:
         except ForwardedCertError as exc:
             error = (str(exc), exc.reason, exc.status, exc.subject, exc.spki_pin)
             return _Verdict(failed_until, None, error)
-        identity = PeerIdentity.from_der(cert.leaf_der)
+        try:
+            identity = PeerIdentity.from_der(cert.leaf_der)
+        except (ConfigurationError, ValueError) as exc:  # a SAN OpenSSL let through
+            error = (f"certificate cannot be read: {exc}", "cert-verify-failed", 403, "", "")
+            return _Verdict(failed_until, None, error)
         why = self.policy.check(identity)
         if why is not None:
             error = (why, "unpinned", 403, identity.subject, identity.spki_pin)

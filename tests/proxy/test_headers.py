@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import random
 from urllib.parse import quote
 
 import pytest
@@ -16,6 +18,7 @@ from mtls_hooks.proxy._headers import (
     is_client_cert_header,
     parse_forwarded_cert,
 )
+from mtls_hooks.proxy._verify import CertificateVerifier
 from tests.proxy.conftest import FORMATS, ProxyPki, encode
 
 
@@ -181,3 +184,31 @@ def test_client_cert_header_names_are_recognised(name: str) -> None:
 )
 def test_ordinary_headers_are_not(name: str) -> None:
     assert not is_client_cert_header(name)
+
+
+@pytest.mark.parametrize("header_format", FORMATS)
+def test_mutated_headers_never_raise_anything_else(header_format: str, pki: ProxyPki) -> None:
+    # A seeded fuzz: random byte flips, cuts and insertions of a valid header value. Each
+    # outcome is a certificate or a ForwardedCertError, never ValueError or binascii.Error.
+    rng = random.Random(f"proxy-{header_format}")
+    verifier = CertificateVerifier.from_files([pki.ca_file], pki.crl_files)
+    lines = _lines(encode(header_format, pki.clients["pin-on-intermediate"]))
+    alphabet = b':,;="%+/\\ -AZaz09\xff\x00'
+    for _ in range(400):
+        mutated = []
+        for name, value in lines:
+            data = bytearray(value)
+            for _ in range(rng.randint(1, 4)):
+                at = rng.randrange(len(data) + 1)
+                action = rng.random()
+                if action < 0.4 and data:
+                    data[min(at, len(data) - 1)] = rng.choice(alphabet)
+                elif action < 0.7:
+                    data[at:at] = bytes([rng.choice(alphabet)])
+                else:
+                    del data[at : at + rng.randint(1, 40)]
+            mutated.append((name, bytes(data)))
+        with contextlib.suppress(ForwardedCertError):
+            parsed = parse_forwarded_cert(header_format, mutated)
+            if parsed is not None:  # still decodable: the verifier must refuse it cleanly
+                verifier.verify(parsed.leaf_der, parsed.chain_der)

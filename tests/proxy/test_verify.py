@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import random
 import subprocess
 from pathlib import Path
 
@@ -216,3 +217,15 @@ def test_certs_tool_verify_unreadable_ca_is_an_error(
     cert = _write_pem(tmp_path / "good.pem", pki.clients["good"])
     assert certs_tool_main(["verify", str(cert), "--ca", str(tmp_path / "missing.pem")]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def test_mutated_der_is_only_ever_a_typed_refusal(pki: ProxyPki) -> None:
+    rng = random.Random("proxy-der")
+    verifier = _verifier(pki)
+    leaf, inter = pki.clients["pin-on-intermediate"]
+    for _ in range(300):
+        data = bytearray(leaf)
+        for _ in range(rng.randint(1, 3)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        with pytest.raises(ForwardedCertError):
+            verifier.verify(bytes(data), [inter])
