@@ -1,9 +1,10 @@
 """Outbox throughput: enqueue against a bare INSERT, a worker against ``send_many``, 2 workers
 against 1 on PostgreSQL. Every ratio's baseline is measured in the same run.
 
-* ``enqueue/<store>``: ``Outbox.enqueue`` (endpoint lookup, payload serialised, id, one
+* ``enqueue/<store>``: ``Outbox.enqueue`` (endpoint lookup, envelope and JSON, id, one
   durable commit, the wake-up) against a loop of bare ``INSERT`` statements of the same row
-  into the same table over one plain connection, each its own transaction: SQLite with
+  into the same table over one plain connection, each its own transaction, building each
+  row as any application must (an id, the JSON, the time): SQLite with
   ``synchronous=FULL`` (the default) and ``NORMAL``, and PostgreSQL.
 * ``deliver@N``: one :class:`DeliveryWorker` (SQLite store) with N in flight, preloaded
   messages, against :meth:`AsyncWebhookSender.send_many` at the same N, to nginx mTLS (nginx
@@ -36,8 +37,7 @@ from urllib.parse import quote
 
 from bench._servers import SIGNING_SECRET, BenchPki, make_pki
 from mtls_hooks.outbox import DeliveryWorker, Endpoint, Outbox, RetrySettings
-from mtls_hooks.queue._protocol import NewJob
-from mtls_hooks.queue._sql import insert_params
+from mtls_hooks.queue._sql import new_job_id
 from mtls_hooks.sender._async import AsyncWebhookSender
 from mtls_hooks.sender._base import WebhookMessage
 from tests.nginx import run_nginx
@@ -87,26 +87,27 @@ def _endpoint(pki: BenchPki, url: str, keys: Path) -> Endpoint:
 # -- enqueue -------------------------------------------------------------------------
 
 
-def _row(n: int) -> dict[str, Any]:
-    body = json.dumps(PAYLOAD).encode()
-    return insert_params(NewJob("outbox", "bench", body, {"event_type": "e"}), time.time())
+def _row() -> tuple[Any, ...]:
+    # What any application inserting this event does per row: an id, the JSON, the time.
+    now = time.time()
+    body = json.dumps(PAYLOAD, separators=(",", ":")).encode()
+    return (new_job_id(), "outbox", "bench", body, '{"event_type":"invoice.paid"}', now, now, now)
 
 
 _BARE = (
     "INSERT INTO mtls_hooks_jobs (id, queue, target, payload, meta, state, attempts, tries, "
-    "run_at, created_at, updated_at) VALUES ({p}, 'pending', 0, 0, {p}, {p}, {p})"
+    "run_at, created_at, updated_at) VALUES ({p}, {p}, {p}, {p}, {p}, 'pending', 0, 0, "
+    "{p}, {p}, {p})"
 )
 
 
 def _bare_sqlite(path: Path, synchronous: str, n: int) -> float:
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = sqlite3.connect(path, isolation_level=None)  # autocommit: a commit per row
     conn.execute(f"PRAGMA synchronous={synchronous}")
-    sql = _BARE.replace("({p}, 'pending'", "(?, ?, ?, ?, ?, 'pending'").format(p="?")
-    rows = [_row(i) for i in range(n)]
+    sql = _BARE.format(p="?")
     started = time.perf_counter()
-    for r in rows:
-        conn.execute(sql, (r["id"], r["queue"], r["target"], r["payload"], r["meta"],
-                           r["run_at"], r["now"], r["now"]))  # fmt: skip
+    for _ in range(n):
+        conn.execute(sql, _row())
     elapsed = time.perf_counter() - started
     conn.close()
     return n / elapsed
@@ -115,13 +116,11 @@ def _bare_sqlite(path: Path, synchronous: str, n: int) -> float:
 def _bare_pg(url: str, n: int) -> float:
     import psycopg
 
-    sql = _BARE.replace("({p}, 'pending'", "(%s, %s, %s, %s, %s, 'pending'").format(p="%s")
-    rows = [_row(i) for i in range(n)]
+    sql = _BARE.format(p="%s")
     with psycopg.connect(url, autocommit=True) as conn:
         started = time.perf_counter()
-        for r in rows:
-            conn.execute(sql, (r["id"], r["queue"], r["target"], r["payload"], r["meta"],
-                               r["run_at"], r["now"], r["now"]))  # fmt: skip
+        for _ in range(n):
+            conn.execute(sql, _row())
         return n / (time.perf_counter() - started)
 
 

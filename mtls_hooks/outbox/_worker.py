@@ -2,9 +2,10 @@
 
 One loop, a few tasks, no sleeping while holding a row:
 
-* the claim loop takes small batches (``batch``) whenever at least half a batch of the
-  ``concurrency`` slots is free, and otherwise waits for a slot, a wake-up (``NOTIFY`` on
-  PostgreSQL, an enqueue in this process) or the poll interval, whichever comes first;
+* the claim loop takes small batches (``batch``), keeping up to one batch claimed ahead of
+  the ``concurrency`` slots, and otherwise waits for room, a wake-up (``NOTIFY`` on
+  PostgreSQL, an enqueue in this process) or the poll interval, whichever comes first; each
+  claim carries the settlements gathered since the last one (one transaction for both);
 * each message is one task making exactly one attempt with the endpoint's sender (the same
   signing, pinning, answer cap and failure classification as ``send``), then turning the
   outcome into a settlement: ``done``, ``retry`` at the policy's next time (see
@@ -151,6 +152,7 @@ class DeliveryWorker:
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mtls-hooks-outbox")
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()
+        self._slots = asyncio.Semaphore(concurrency)
 
     @property
     def rebuilt_senders(self) -> int:
@@ -176,6 +178,7 @@ class DeliveryWorker:
         loop = asyncio.get_running_loop()
         self._wake = wake = asyncio.Event()
         self._settled = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.concurrency)
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mtls-hooks-outbox")
 
         def wake_up() -> None:  # from the store's threads
@@ -208,16 +211,28 @@ class DeliveryWorker:
     async def _claim_loop(self, until_idle: bool) -> None:
         while not self._stopping:
             self._wake.clear()
-            free = self.concurrency - len(self._tasks)
+            # Up to a batch more than the slots is claimed ahead: the next messages are
+            # already here when a slot frees, so no slot idles while a claim runs.
+            free = self.concurrency + self.batch - len(self._tasks)
             want = min(free, self.batch)
             if want >= self._min_claim or (want > 0 and not self._tasks):
+                # Hand back what finished meanwhile in the same transaction as the claim.
+                settled, self._pending = self._pending, []
                 try:
                     jobs = await self._call(
-                        self.store.claim, QUEUE, self.worker_id, limit=want, lease_s=self.lease_s
+                        self.store.claim,
+                        QUEUE,
+                        self.worker_id,
+                        limit=want,
+                        lease_s=self.lease_s,
+                        settlements=settled,
                     )
                 except StoreUnavailableError as exc:
                     _LOG.warning("outbox worker %s cannot claim: %s", self.worker_id, exc)
+                    self._pending[:0] = settled
                     jobs = []
+                else:
+                    self._held.difference_update(s.job_id for s in settled)
                 for job in jobs:
                     if job.id in self._held:
                         continue  # our own lease ran out and we took it again: still running
@@ -236,7 +251,7 @@ class DeliveryWorker:
         self._tasks.discard(task)
         # Wake the claim loop only once a claim is worth making: waking it on every
         # completion cost a loop turn and a timer per delivery.
-        if self.concurrency - len(self._tasks) >= self._min_claim or not self._tasks:
+        if self.concurrency + self.batch - len(self._tasks) >= self._min_claim or not self._tasks:
             self._wake.set()
         if not task.cancelled() and task.exception() is not None:  # pragma: no cover - a bug
             _LOG.error("outbox delivery task failed", exc_info=task.exception())
@@ -324,7 +339,12 @@ class DeliveryWorker:
 
     async def _deliver(self, job: Job) -> None:
         try:
-            settlement = await self._attempt(job)
+            async with self._slots:
+                if self._stopping:  # claimed ahead, never started: straight back
+                    settlement = Settlement(job.id, "release", run_at=self._clock())
+                    self.counts.released += 1
+                else:
+                    settlement = await self._attempt(job)
         except asyncio.CancelledError:
             # Shutdown past the grace: back to the queue, due now, no attempt counted.
             self._settle(Settlement(job.id, "release", run_at=self._clock()))

@@ -105,10 +105,20 @@ class MemoryQueueStore:
                     return False
         return True
 
-    def claim(self, queue: str, owner: str, *, limit: int, lease_s: float) -> list[Job]:
+    def claim(
+        self,
+        queue: str,
+        owner: str,
+        *,
+        limit: int,
+        lease_s: float,
+        settlements: Sequence[Settlement] = (),
+    ) -> list[Job]:
         """See :meth:`QueueStore.claim`."""
         now = self._clock()
         with self._lock:
+            if settlements:
+                self.settle(owner, settlements)
             expired = sorted(
                 (j.lease_expires_at or 0.0, seq, j)
                 for seq, j in self._jobs.values()

@@ -27,7 +27,6 @@ import psycopg_pool
 from mtls_hooks.queue._protocol import NewJob, StoreUnavailableError
 from mtls_hooks.queue._sql import (
     EXISTING_SQL,
-    INSERT_SQL,
     Cursor,
     SqlQueueStore,
     insert_params,
@@ -209,10 +208,9 @@ class PostgresQueueStore(SqlQueueStore):
         """:meth:`enqueue_on` on an asyncio psycopg connection, in the caller's transaction."""
         params = insert_params(job, self._clock())
         async with conn.cursor() as cursor:
-            await cursor.execute(pyformat(INSERT_SQL + self._RETURN_ID), params)
-            row = await cursor.fetchone()
-            if row is not None:
-                return str(row[0]), True
+            await cursor.execute(self._insert_sql, params)
+            if cursor.rowcount == 1:
+                return str(params["id"]), True
             await cursor.execute(pyformat(EXISTING_SQL), params)
             existing = await cursor.fetchone()
         if existing is None:  # pragma: no cover - the conflicting row vanished (purged)

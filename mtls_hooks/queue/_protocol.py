@@ -20,6 +20,7 @@ States and the moves between them::
   returns them. Jobs of a disabled target are left alone. With a ``fifo_key`` a job is
   claimable only while no earlier job with that key is pending or running: one at a time,
   in enqueue order (a retry waiting for its time holds the later ones back).
+  A claim may carry the owner's settlements, applied first in the same transaction.
 * :meth:`QueueStore.renew` extends the leases an owner still holds (its heartbeat).
 * :meth:`QueueStore.settle` ends a claim: ``done``, ``retry`` at a time, ``failed``, or
   ``release`` (back to pending without counting an attempt: shutdown, rate limit). It applies
@@ -39,8 +40,9 @@ from __future__ import annotations
 
 import enum
 import math
+import types
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple, Protocol, runtime_checkable
 
 from mtls_hooks.core._errors import ConfigurationError, MtlsHooksError
@@ -64,6 +66,9 @@ DEFAULT_LEASE_S: Final = 60.0
 #: How many jobs one claim takes at most: small batches keep a crashed worker's share small.
 DEFAULT_BATCH: Final = 16
 
+# An empty default for NewJob.meta, never mutated.
+_NO_META: Mapping[str, Any] = types.MappingProxyType({})
+
 SettleKind = Literal["done", "retry", "failed", "release"]
 
 
@@ -80,8 +85,7 @@ class JobState(enum.StrEnum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True, slots=True)
-class NewJob:
+class NewJob(NamedTuple):
     """A job to enqueue.
 
     Attributes:
@@ -98,7 +102,7 @@ class NewJob:
     queue: str
     target: str
     payload: bytes
-    meta: Mapping[str, Any] = field(default_factory=dict)
+    meta: Mapping[str, Any] = _NO_META
     job_id: str | None = None
     idempotency_key: str | None = None
     fifo_key: str | None = None
@@ -215,8 +219,18 @@ class QueueStore(Protocol):
         """Commit ``job``; return ``(id, created)``, ``created`` False for a known key."""
         ...
 
-    def claim(self, queue: str, owner: str, *, limit: int, lease_s: float) -> list[Job]:
-        """Lease up to ``limit`` claimable jobs to ``owner``, oldest due first."""
+    def claim(
+        self,
+        queue: str,
+        owner: str,
+        *,
+        limit: int,
+        lease_s: float,
+        settlements: Sequence[Settlement] = (),
+    ) -> list[Job]:
+        """Lease up to ``limit`` claimable jobs to ``owner``, oldest due first, after applying
+        ``settlements`` (as :meth:`settle` does) in the same transaction: a busy worker
+        hands back what it finished when it asks for more."""
         ...
 
     def renew(self, owner: str, job_ids: Sequence[str], lease_s: float) -> int:

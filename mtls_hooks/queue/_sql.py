@@ -77,6 +77,12 @@ WHERE seq IN (
 ) RETURNING {_JOB_COLUMNS}"""
 _DUE_EXPIRED: Final = ("j.state = 'running' AND j.lease_expires_at <= :now", "j.lease_expires_at")
 _DUE_PENDING: Final = ("j.state = 'pending' AND j.run_at <= :now", "j.run_at, j.seq")
+_SETTLED_STATE: Final = {
+    "done": "done",
+    "failed": "failed",
+    "retry": "pending",
+    "release": "pending",
+}
 _RENEW: Final = """
 UPDATE mtls_hooks_jobs SET lease_expires_at = :expires_at
 WHERE id = :id AND state = 'running' AND lease_owner = :owner"""
@@ -175,16 +181,31 @@ def _target(row: Sequence[Any]) -> Target:
     return Target(row[0], json.loads(row[1]), bool(row[2]), row[3], row[4])
 
 
+@functools.lru_cache(maxsize=256)
+def _cached_meta_text(items: tuple[tuple[str, Any], ...]) -> str:
+    return json.dumps(dict(items), separators=(",", ":"))
+
+
+def _meta_text(meta: Mapping[str, Any]) -> str:
+    """``meta`` as JSON; the few shapes an outbox uses (one event type each) are cached."""
+    try:
+        if not meta:
+            return "{}"
+        try:
+            return _cached_meta_text(tuple(meta.items()))
+        except TypeError:  # an unhashable value: serialise it afresh
+            return json.dumps(dict(meta), separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"job meta is not JSON-serialisable: {exc}") from exc
+
+
 def insert_params(job: NewJob, now: float) -> dict[str, Any]:
     """The parameters of the enqueue statement for ``job`` at ``now``.
 
     Raises:
         ConfigurationError: ``meta`` is not JSON-serialisable.
     """
-    try:
-        meta = json.dumps(dict(job.meta), separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"job meta is not JSON-serialisable: {exc}") from exc
+    meta = _meta_text(job.meta)
     return {
         "id": job.job_id or new_job_id(),
         "queue": job.queue,
@@ -204,10 +225,15 @@ class SqlQueueStore:
     url: str
     _LOCK_CLAUSE: str = ""  # appended to the claim's inner SELECT
     _ROW_LOCK: str = ""  # appended to a read-then-write of one target row
-    _RETURN_ID: str = " RETURNING id"
+    _RETURN_ID: str = ""  # what the insert returns; PostgreSQL sends its NOTIFY there
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
+        self._insert_sql = self._sql(INSERT_SQL + self._RETURN_ID)
+        self._claim_sql = tuple(
+            self._sql(_CLAIM.format(due=due, order=order, lock=self._LOCK_CLAUSE))
+            for due, order in (_DUE_EXPIRED, _DUE_PENDING)
+        )
         self._listeners: list[Callable[[], None]] = []
         self._listeners_lock = threading.Lock()
 
@@ -238,10 +264,9 @@ class SqlQueueStore:
             ``(id, created)``; for a known idempotency key or id, the existing job's id.
         """
         params = insert_params(job, self._clock())
-        cursor.execute(self._sql(INSERT_SQL + self._RETURN_ID), params)
-        row = cursor.fetchone()
-        if row is not None:
-            return str(row[0]), True
+        cursor.execute(self._insert_sql, params)
+        if cursor.rowcount == 1:  # inserted; 0 when an idempotency key or the id was known
+            return str(params["id"]), True
         cursor.execute(self._sql(EXISTING_SQL), params)
         existing = cursor.fetchone()
         if existing is None:  # pragma: no cover - the conflicting row vanished (purged)
@@ -256,19 +281,31 @@ class SqlQueueStore:
             self._wake_local()
         return job_id, created
 
-    def claim(self, queue: str, owner: str, *, limit: int, lease_s: float) -> list[Job]:
+    def claim(
+        self,
+        queue: str,
+        owner: str,
+        *,
+        limit: int,
+        lease_s: float,
+        settlements: Sequence[Settlement] = (),
+    ) -> list[Job]:
         """See :meth:`QueueStore.claim`."""
         now = self._clock()
         params = {"queue": queue, "owner": owner, "now": now, "expires_at": now + lease_s}
         claimed: list[Job] = []
-        with self._cursor(transaction=False) as cursor:
-            for due, order in (_DUE_EXPIRED, _DUE_PENDING):
+        wake = False
+        with self._cursor(transaction=bool(settlements)) as cursor:
+            if settlements:
+                wake = self._settle_on(cursor, owner, settlements, now)[1]
+            for sql in self._claim_sql:
                 left = limit - len(claimed)
                 if left <= 0:
                     break
-                sql = _CLAIM.format(due=due, order=order, lock=self._LOCK_CLAUSE)
-                cursor.execute(self._sql(sql), {**params, "limit": left})
+                cursor.execute(sql, {**params, "limit": left})
                 claimed += [_job(row) for row in cursor.fetchall()]
+        if wake:
+            self._wake_local()
         claimed.sort(key=lambda job: (job.run_at, job.seq))
         return claimed
 
@@ -286,16 +323,20 @@ class SqlQueueStore:
         """See :meth:`QueueStore.settle`."""
         if not settlements:
             return 0
-        now = self._clock()
+        with self._cursor(transaction=True) as cursor:
+            held, wake = self._settle_on(cursor, owner, settlements, self._clock())
+        if wake:
+            self._wake_local()
+        return held
+
+    def _settle_on(
+        self, cursor: Cursor, owner: str, settlements: Sequence[Settlement], now: float
+    ) -> tuple[int, bool]:
         updates = [
             {
                 "id": s.job_id,
                 "owner": owner,
-                "state": "done"
-                if s.kind == "done"
-                else "failed"
-                if s.kind == "failed"
-                else "pending",
+                "state": _SETTLED_STATE[s.kind],
                 "run_at": s.run_at,
                 "counted": 0 if s.kind == "release" else 1,
                 "error": s.error,
@@ -305,16 +346,13 @@ class SqlQueueStore:
         ]
         records = [_record_params(s.attempt) for s in settlements if s.attempt is not None]
         wake = any(s.kind == "release" and (s.run_at or 0) <= now for s in settlements)
-        with self._cursor(transaction=True) as cursor:
-            cursor.executemany(self._sql(_SETTLE), updates)
-            held = max(cursor.rowcount, 0)
-            if records:
-                cursor.executemany(self._sql(_RECORD), records)
-            if wake:
-                self._notify(cursor)
+        cursor.executemany(self._sql(_SETTLE), updates)
+        held = max(cursor.rowcount, 0)
+        if records:
+            cursor.executemany(self._sql(_RECORD), records)
         if wake:
-            self._wake_local()
-        return held
+            self._notify(cursor)
+        return held, wake
 
     def get(self, job_id: str) -> Job | None:
         """See :meth:`QueueStore.get`."""

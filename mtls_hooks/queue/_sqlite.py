@@ -139,6 +139,7 @@ class SQLiteQueueStore(SqlQueueStore):
             conn.close()
             raise
         self._conn = conn
+        self._cur = conn.cursor()
 
     def __repr__(self) -> str:
         return f"SQLiteQueueStore({self.path!r})"
@@ -148,8 +149,7 @@ class SQLiteQueueStore(SqlQueueStore):
         with self._lock:
             if self._closed:
                 raise StoreUnavailableError("the queue store is closed")
-            conn = self._conn
-            cursor = conn.cursor()
+            cursor = self._cur  # one cursor, reused under the lock: none made per call
             try:
                 if not transaction:
                     yield cursor
@@ -160,13 +160,11 @@ class SQLiteQueueStore(SqlQueueStore):
                 try:
                     yield cursor
                 except BaseException:
-                    conn.rollback()
+                    self._conn.rollback()
                     raise
                 cursor.execute("COMMIT")
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailableError(f"queue database {self.path!r}: {exc}") from exc
-            finally:
-                cursor.close()
 
     def close(self) -> None:
         """Close the connection; idempotent."""

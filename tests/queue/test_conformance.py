@@ -226,3 +226,16 @@ def test_subscribers_wake_on_enqueue(store: QueueStore) -> None:
     store.enqueue(job())
     assert woken.wait(10)
     unsubscribe()
+
+
+def test_a_claim_hands_back_settlements_in_the_same_transaction(store: QueueStore) -> None:
+    first, _ = store.enqueue(job(fifo_key="k"))
+    second, _ = store.enqueue(job(fifo_key="k"))
+    assert claim_ids(store) == [first]
+    # Settling the head and claiming in one call: the next of its key is free at once.
+    settled = [Settlement(first, "done", attempt=attempt(first))]
+    assert [j.id for j in store.claim(Q, "w1", limit=4, lease_s=60, settlements=settled)] == [
+        second
+    ]
+    assert store.get(first).state is JobState.DONE  # type: ignore[union-attr]
+    assert [a.outcome for a in store.history(first)] == ["done"]
