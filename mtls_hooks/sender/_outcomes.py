@@ -164,7 +164,8 @@ def _tls_failure(inner: BaseException, trust: str) -> AttemptFailed | None:
         return AttemptFailed(message, retryable=False, kind="tls", error=name)
     if isinstance(inner, ssl.SSLCertVerificationError):
         why = inner.verify_message or inner.reason or str(inner)
-        if "hostname" in str(why).lower():
+        # OpenSSL says "Hostname mismatch" for a DNS name, "IP address mismatch" for an IP.
+        if any(m in str(why).lower() for m in ("hostname", "ip address mismatch")):
             message = f"server certificate does not match the URL host ({why})"
         else:
             message = f"server certificate not trusted by {trust} ({why})"

@@ -69,6 +69,7 @@ def test_receiver_naming_another_host_is_refused_with_zero_bytes(
         deliver(kind, _kwargs(pki, fake_time, **extra), server.url(), {"n": 1})
     # The name check, not the chain: OpenSSL's X509_V_ERR_IP_ADDRESS_MISMATCH for an IP URL.
     assert "IP address mismatch, certificate is not valid for '127.0.0.1'" in str(caught.value)
+    assert "does not match the URL host" in str(caught.value)
     assert caught.value.attempts == 1  # not retryable: a retry cannot change the name
     assert fake_time.sleeps == []
     assert caught.value.result is not None
