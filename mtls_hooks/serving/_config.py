@@ -30,8 +30,7 @@ from mtls_hooks.core._tls import (
     create_server_context,
     load_client_ca,
 )
-from mtls_hooks.proxy._headers import HEADER_FORMATS
-from mtls_hooks.proxy._trust import ProxyAllowList
+from mtls_hooks.proxy._settings import UNIX_BIND_PREFIX, check_proxy_settings
 
 __all__ = ["SERVER_NAMES", "ServerConfig", "env_settings", "parse_bind"]
 
@@ -41,19 +40,6 @@ _HTTP3_KEYS = frozenset({"quic_bind", "http3", "h3", "enable_http3"})
 _HTTP3_REFUSAL = (
     "HTTP/3 ignores client certificates; refusing '{key}' (mTLS needs TCP + TLS, not QUIC)"
 )
-# Behind a proxy: plain HTTP (loopback or Unix socket only), TLS, or mTLS with the proxy pinned.
-PROXY_LISTENERS = ("http", "tls", "mtls")
-UNIX_BIND_PREFIX = "unix:"
-
-
-def _is_loopback_bind(bind: str) -> bool:
-    if bind.startswith(UNIX_BIND_PREFIX):
-        return True
-    host, _ = parse_bind(bind)
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
@@ -210,40 +196,14 @@ class ServerConfig:
         return not self.proxy_mode or self.proxy_listener != "http"
 
     def _validate_proxy(self) -> None:
-        if not self.proxy_mode:
-            for name in ("trusted_proxies", "proxy_ca", "proxy_pins"):
-                if getattr(self, name):
-                    raise ConfigurationError(f"{name} is set but client_cert_header is not")
-            return
-        if self.client_cert_header not in HEADER_FORMATS:
-            raise ConfigurationError(
-                f"client_cert_header must be one of {', '.join(HEADER_FORMATS)}, got "
-                f"{self.client_cert_header!r}"
-                f"{did_you_mean(str(self.client_cert_header), HEADER_FORMATS)}"
-            )
-        ProxyAllowList.parse(self.trusted_proxies)
-        if self.proxy_listener not in PROXY_LISTENERS:
-            raise ConfigurationError(
-                f"proxy_listener must be one of {', '.join(PROXY_LISTENERS)}"
-                f"{did_you_mean(self.proxy_listener, PROXY_LISTENERS)}"
-            )
-        if self.proxy_listener == "http":
-            # Plain HTTP carries the forwarded credential in clear: loopback or a Unix
-            # socket only, where nothing between the proxy and us can read or inject it.
-            for bind in self.bind:
-                if not _is_loopback_bind(bind):
-                    raise ConfigurationError(
-                        f"bind {bind!r}: proxy_listener 'http' serves loopback addresses or "
-                        "unix: sockets only; use proxy_listener 'tls' or 'mtls' elsewhere"
-                    )
-        if self.proxy_listener == "mtls":
-            if not self.proxy_ca or not self.proxy_pins:
-                raise ConfigurationError(
-                    "proxy_listener 'mtls' needs proxy_ca and proxy_pins (the proxy is pinned)"
-                )
-            PeerPolicy.from_rules(self.proxy_pins)
-        elif self.proxy_ca or self.proxy_pins:
-            raise ConfigurationError("proxy_ca and proxy_pins need proxy_listener 'mtls'")
+        check_proxy_settings(
+            client_cert_header=self.client_cert_header,
+            trusted_proxies=self.trusted_proxies,
+            proxy_listener=self.proxy_listener,
+            proxy_ca=self.proxy_ca,
+            proxy_pins=self.proxy_pins,
+            bind=self.bind,
+        )
 
     def check_files(self) -> None:
         """Build the TLS context once to prove every file is readable and consistent.
