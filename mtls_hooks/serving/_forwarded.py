@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import ssl
 from collections import OrderedDict
 from collections.abc import Callable
@@ -59,6 +60,7 @@ reload_logger = logging.getLogger("mtls_hooks.reload")
 #: The key of ``scope["extensions"]["tls"]`` that marks a forwarded identity.
 FORWARDED_KEY = "mtls_hooks.forwarded"
 _PARSE_CACHE_ENTRIES = 1024
+_NOT_TOKEN = re.compile(r"[^A-Za-z0-9!#$%&'*+.^_`|~-]")  # RFC 9110 §5.6.2 tchar
 
 
 def _quote(value: str) -> str:
@@ -181,6 +183,7 @@ class ForwardedCertApp:
             # RFC 6585 §5; a TLS listener checks this too, a plain one only here.
             error = ForwardedCertError(
                 f"request headers are {size} bytes; the limit is {state.max_header_bytes}",
+                reason="headers",
                 status=431,
             )
             await _refuse(scope, send, error, header="-")
@@ -242,7 +245,7 @@ async def _refuse(scope: Any, send: Any, error: ForwardedCertError, *, header: s
         error.reason,
         _quote(error.subject) if error.subject else "-",
         error.spki_pin or "-",
-        header,
+        _NOT_TOKEN.sub("?", header),  # HTTP parsers allow tokens only; keep the line parsable
         _quote(str(error)),
     )
     if scope["type"] == "websocket":
