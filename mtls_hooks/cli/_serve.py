@@ -25,8 +25,9 @@ examples:
       --client-ca clients-ca.pem --pin sha256/AAAA...= --bind 127.0.0.1:8080
 
 A client the CA vouches for but no --pin/--allow-san admits is refused during the TLS
-handshake (under TLS 1.3 it sees only a dropped connection); the reason is logged on
-'mtls_hooks.tls'. Send SIGHUP to reload certificates, CA, CRL and pins without a restart.
+handshake (a TLS 1.2 client reads alert access_denied, a TLS 1.3 one a clean close); the
+reason is logged on 'mtls_hooks.tls'. Send SIGHUP to reload certificates, CA, CRL and pins
+without a restart.
 """
 
 

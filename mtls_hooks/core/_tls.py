@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -122,8 +122,11 @@ def _check_resumed(conn: ssl.SSLObject | ssl.SSLSocket) -> None:
     else:
         return
     identity = PeerIdentity.from_der(der)
-    _report(conn, HandshakeRefusal(reason, why, identity))
-    raise PinError(why, reason=reason, subject=identity.subject, spki_pin=identity.spki_pin)
+    _refuse(
+        conn,
+        HandshakeRefusal(reason, why, identity),
+        PinError(why, reason=reason, subject=identity.subject, spki_pin=identity.spki_pin),
+    )
 
 
 def _enforce_policy(conn: ssl.SSLObject | ssl.SSLSocket) -> None:
@@ -143,11 +146,50 @@ def _enforce_policy(conn: ssl.SSLObject | ssl.SSLSocket) -> None:
     identity = PeerIdentity.from_der(der)
     why = policy.check(identity)
     if why is not None:
-        error = PinError(
-            why, reason="unpinned", subject=identity.subject, spki_pin=identity.spki_pin
+        _refuse(
+            conn,
+            HandshakeRefusal("unpinned", why, identity),
+            PinError(why, reason="unpinned", subject=identity.subject, spki_pin=identity.spki_pin),
         )
-        _report(conn, HandshakeRefusal("unpinned", why, identity))
-        raise error
+
+
+# RFC 5246 §6.2.1 and §7.2: one plaintext alert record (type 21, version 3,3, length 2) holding
+# a fatal (2) access_denied (49): "a valid certificate was received, but when access control
+# was applied, the sender decided not to proceed with negotiation".
+_TLS12_ACCESS_DENIED = bytes((21, 3, 3, 0, 2, 2, 49))
+
+
+def _refuse(
+    conn: ssl.SSLObject | ssl.SSLSocket, refusal: HandshakeRefusal, error: PinError
+) -> NoReturn:
+    """Refuse a handshake OpenSSL completed: queue what the peer should read, report, raise.
+
+    OpenSSL has no hook between its chain check and its last flight that the stdlib exposes,
+    so a refusal of ours comes after OpenSSL accepted the peer, and OpenSSL sends no alert of
+    its own. What a refused client reads instead, when the connection is a memory-BIO
+    :class:`ssl.SSLObject` on the server side (asyncio; the ``on_refusal`` hook, not asyncio,
+    writes it out: ``mtls_hooks.serving._refusals``):
+
+    * a full TLS 1.2 handshake: the server's ChangeCipherSpec and Finished are still in the
+      outgoing BIO, unsent. They are dropped, and a plaintext fatal ``access_denied`` alert
+      takes their place: on the wire the server aborted the handshake before its Finished,
+      as OpenSSL itself does when a verify callback fails.
+    * TLS 1.3, or a resumed TLS 1.2 session: the server's Finished went out before the
+      client's certificate (or resumption) was checked, and an alert now must be encrypted
+      under keys only OpenSSL holds; it encrypts one alert on request, ``close_notify``
+      (``SSL_shutdown``). The client sees a clean close from the server, not a network fault.
+    """
+    outgoing = getattr(conn, "_mtls_outgoing", None)
+    if outgoing is not None and conn.server_side:
+        if conn.version() == "TLSv1.2" and not conn.session_reused:
+            outgoing.read()
+            outgoing.write(_TLS12_ACCESS_DENIED)
+        else:
+            # Writes close_notify, then wants the peer's (SSLWantReadError): not waited for.
+            with contextlib.suppress(ssl.SSLError):
+                conn.unwrap()
+    _report(conn, refusal)
+    raise error
 
 
 def _report(conn: ssl.SSLObject | ssl.SSLSocket, refusal: HandshakeRefusal) -> None:
@@ -202,6 +244,15 @@ class _PinningSSLObject(ssl.SSLObject):
     # the cost is one attribute test per call.
     _mtls_policy_checked: bool = False
     _mtls_refusal: ssl.SSLError | None = None
+    _mtls_outgoing: ssl.MemoryBIO | None = None
+
+    @classmethod
+    def _create(cls, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, **kwargs: Any) -> Any:
+        # SSLContext.wrap_bio() builds every SSLObject here (CPython 3.7+, Lib/ssl.py). The
+        # outgoing BIO is kept for the refusal path only (_refuse).
+        conn = super()._create(incoming, outgoing, **kwargs)  # type: ignore[misc]
+        conn._mtls_outgoing = outgoing
+        return conn
 
     def do_handshake(self) -> None:
         _handshake(self, super().do_handshake)

@@ -152,7 +152,12 @@ def _cause_chain(exc: BaseException) -> Iterator[BaseException]:
 
 def _dropped(exc: BaseException) -> bool:
     """True for a connection closed or reset under us, however the library words it."""
-    if isinstance(exc, httpx.RemoteProtocolError | aiohttp.ServerDisconnectedError):
+    # aiohttp words a close (our receiver's close_notify under TLS 1.3) that lands while it
+    # still writes the body as ClientOSError "Can not write request body"; its connect
+    # failures (ClientConnectorError) are judged before this is asked.
+    if isinstance(
+        exc, httpx.RemoteProtocolError | aiohttp.ServerDisconnectedError | aiohttp.ClientOSError
+    ):
         return True
     return isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE)
 

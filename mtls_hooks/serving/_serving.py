@@ -12,22 +12,21 @@ Hypercorn 0.18 offers neither client-certificate pinning nor the ASGI TLS extens
   internals: hypercorn is pinned to one minor series and
   ``tests/serving/test_tls_extension.py`` fails loudly if ``tls`` stops reaching the scope.
 
-Under TLS 1.3 the client finishes its side of the handshake before the server has checked
-the client certificate, so a refused client sees only a dropped connection (no alert it can
-show). The reason is logged here, server-side, in one structured line.
+A refused handshake is answered with a TLS alert where TLS allows one (``access_denied`` for
+an unpinned TLS 1.2 client, OpenSSL's own alerts for chain failures), with ``close_notify``
+for an unpinned TLS 1.3 client, whose side of the handshake ended before the server checked
+its certificate; it is counted, and logged with a bound per peer (``_refusals.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import asyncio.sslproto
 import contextlib
 import functools
 import logging
 import signal
 import socket
 import ssl
-import sys
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
@@ -42,9 +41,10 @@ from hypercorn.utils import wrap_app
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.core._problem import PROBLEM_CONTENT_TYPE, problem_body
-from mtls_hooks.core._tls import HandshakeRefusal
 from mtls_hooks.serving._asgi_tls import tls_extension
 from mtls_hooks.serving._config import ServerConfig, parse_bind
+from mtls_hooks.serving._refusals import log_refusal
+from mtls_hooks.serving._refusals import quote as _quote
 from mtls_hooks.serving._reload import TLSMaterial
 
 __all__ = ["create_sockets", "log_refusal", "serve_async"]
@@ -53,61 +53,6 @@ refusal_logger = logging.getLogger("mtls_hooks.tls")
 _LISTEN_BACKLOG = 2048  # bursts of new handshakes must not overflow into SYN retries
 _STRAGGLER_MARGIN_S = 1.0
 _MAX_RECV = 2**16  # bytes per read, as hypercorn's own TCPServer
-
-
-# --------------------------------------------------------------------------- refusal log
-
-
-def _handshake_peer(conn: ssl.SSLObject | ssl.SSLSocket) -> str:
-    if isinstance(conn, ssl.SSLSocket):
-        with contextlib.suppress(OSError):
-            return _format_addr(conn.getpeername())
-        return "unknown"
-    # An SSLObject is memory-BIO only and knows nothing of the socket, and there is no
-    # public API from it to its transport. The asyncio SSLProtocol driving the handshake is
-    # a few frames up (SSLProtocol._do_handshake -> do_handshake -> _tls hooks -> here);
-    # its transport knows the peer. Anything else (uvloop, anyio) falls back to "unknown".
-    frame = sys._getframe(1)
-    for _ in range(12):
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, asyncio.sslproto.SSLProtocol):
-            transport = getattr(owner, "_transport", None)
-            if transport is not None:
-                return _format_addr(transport.get_extra_info("peername"))
-            break
-        if frame.f_back is None:
-            break
-        frame = frame.f_back
-    return "unknown"
-
-
-def _format_addr(addr: Any) -> str:
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        host, port = addr[0], addr[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return "unknown" if addr is None else str(addr)
-
-
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
-
-
-def log_refusal(conn: ssl.SSLObject | ssl.SSLSocket, refusal: HandshakeRefusal) -> None:
-    """Log one refused handshake as one ``key=value`` line on the ``mtls_hooks.tls`` logger.
-
-    Fields: ``peer`` (address), ``reason``, ``subject`` and ``spki`` (when the chain
-    verified and only the pins failed; ``-`` otherwise), ``detail``. Never key material:
-    a pin is a hash of a public key.
-    """
-    identity = refusal.identity
-    refusal_logger.warning(
-        "event=handshake_refused peer=%s reason=%s subject=%s spki=%s detail=%s",
-        _handshake_peer(conn),
-        refusal.reason,
-        _quote(identity.subject) if identity else "-",
-        identity.spki_pin if identity else "-",
-        _quote(refusal.detail),
-    )
 
 
 # --------------------------------------------------------------------------- tls in scope
@@ -209,11 +154,12 @@ class _IdleTimer:
     the coroutine is closed and the caller carries on. Otherwise behaves as hypercorn's.
     """
 
-    __slots__ = ("_lock", "_task")
+    __slots__ = ("_closed", "_lock", "_task")
 
     def __init__(self) -> None:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._closed = False
 
     async def restart(
         self,
@@ -222,6 +168,8 @@ class _IdleTimer:
     ) -> None:
         async with self._lock:
             await self._cancel()
+            if self._closed:  # the peer is gone: nothing left to time (see close)
+                return
             timer = action()
             try:
                 self._task = task_group._task_group.create_task(timer)
@@ -230,6 +178,12 @@ class _IdleTimer:
 
     async def stop(self) -> None:
         async with self._lock:
+            await self._cancel()
+
+    async def close(self) -> None:
+        """Stop the timer for good: the connection reads no more, so it is never idle again."""
+        async with self._lock:
+            self._closed = True
             await self._cancel()
 
     async def _cancel(self) -> None:
@@ -270,6 +224,18 @@ class _TLSTCPServer(_ORIGINAL_TCP_SERVER):  # type: ignore[misc]
             self.idle_task = _IdleTimer()
 
     async def _read_data(self) -> None:
+        await self._read_until_closed()
+        # The peer is gone (EOF, reset, close_notify, or silent too long): no request can
+        # follow, so the keep-alive timer has nothing left to time. Hypercorn 0.18 leaves it
+        # running, and its task keeps the connection's task group open, so TCPServer.run,
+        # the transport and asyncio's 256 KiB TLS read buffer (SSLProtocol.max_size) lived
+        # on for keep_alive_timeout after every client that closed first: a load balancer's
+        # health checks (handshake, close) held ~300 KiB each, 3,000 of them 800 MB
+        # (issue 9; bench/bench_handshake_memory.py). Requests still running end as usual.
+        if isinstance(self.idle_task, _IdleTimer):
+            await self.idle_task.close()
+
+    async def _read_until_closed(self) -> None:
         config = self.config
         if not isinstance(config, _MtlsHypercornConfig) or config.silence_timeout_s is None:
             await super()._read_data()
