@@ -15,8 +15,8 @@ are back to the idle count: a connection the server still holds after its client
 what leaked. The verdict: RSS after ``N`` stays within ``--bound-mib`` of RSS after
 ``N/10``. Before the fix the closed connections stayed open until the keep-alive timeout,
 each holding asyncio's 256 KiB TLS read buffer: 3,000 health checks took one worker from
-65 MB to 860 MB. Unless ``--quick``, stock Hypercorn with the same app and TLS settings is
-measured in the same run as the baseline.
+65 MB to 860 MB. Unless ``--quick``, stock Hypercorn with the same app and TLS settings (and
+its own 5 s keep-alive timeout) is measured in the same run as the baseline.
 
 Run: ``.venv/bin/python -m bench.bench_handshake_memory [--handshakes 3000] [--quick]``.
 """
@@ -204,7 +204,9 @@ def one_request(context: ssl.SSLContext, port: int) -> str:
 def _burst(client: Client, context: ssl.SSLContext, port: int, count: int) -> Burst:
     burst = Burst()
     lock = threading.Lock()
-    per_thread = [count // _CLIENT_THREADS + (i < count % _CLIENT_THREADS) for i in range(4)]
+    per_thread = [
+        count // _CLIENT_THREADS + (i < count % _CLIENT_THREADS) for i in range(_CLIENT_THREADS)
+    ]
 
     def run(n: int) -> None:
         for _ in range(n):
@@ -309,7 +311,7 @@ def measure(handshakes: int, *, quick: bool) -> list[CaseResult]:
             ("ours unpinned, refused", _ours, health_check, stranger),
         ]
         if not quick:
-            cases.append(("stock pinned, no request", _stock, health_check, pinned))
+            cases.append(("stock Hypercorn, no request", _stock, health_check, pinned))
         results = []
         for name, server, client, context in cases:
             with server(pki) as (pid, port):
