@@ -7,9 +7,11 @@ counts.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import ssl
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -147,6 +149,21 @@ def test_an_ended_window_frees_its_slot(clock: Clock, lines: LogCollector) -> No
     _refuse(log, 1, host="10.0.0.3")  # the ended windows are dropped: a slot of its own
     assert _full(lines)[-1].startswith("event=handshake_refused peer=10.0.0.3:")
     assert "peer=*" not in " ".join(lines.lines)
+
+
+def test_a_flood_that_stops_is_still_summarised() -> None:
+    # No later refusal closes the window: the loop's timer writes the summary when it ends.
+    log = RefusalLog(lines_per_window=1, window_s=0.05, logger=logging.getLogger("test.refusals"))
+
+    async def flood_then_wait(summarised: threading.Event) -> bool:
+        _refuse(log, 4)
+        return await asyncio.to_thread(summarised.wait, 10.0)
+
+    with LogCollector("test.refusals", wake_on="event=handshake_refused_summary") as lines:
+        assert asyncio.run(flood_then_wait(lines.matched))
+    [summary] = _summaries(lines)
+    assert " more=3 " in summary
+    assert log._windows == {}
 
 
 # --------------------------------------------------------------------------- a real flood
