@@ -14,7 +14,8 @@ from tests.outbox.conftest import FakeClock, OutboxPki, Receiver, fast_retry
 
 
 def run(store: QueueStore, clock: FakeClock, **options: object) -> None:
-    asyncio.run(DeliveryWorker(store, clock=clock, **options).run(until_idle=True))  # type: ignore[arg-type]
+    worker = DeliveryWorker(store, clock=clock, **options)  # type: ignore[arg-type]
+    asyncio.run(asyncio.wait_for(worker.run(until_idle=True), 60))  # bounded, whatever breaks
 
 
 def test_breaker_disables_after_a_window_of_failures_and_new_messages_wait(

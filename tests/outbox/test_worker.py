@@ -18,7 +18,7 @@ from tests.outbox.receiver_app import build_app, read_log
 
 
 def run(worker: DeliveryWorker) -> None:
-    asyncio.run(worker.run(until_idle=True))
+    asyncio.run(asyncio.wait_for(worker.run(until_idle=True), 60))
 
 
 def test_delivers_each_message_once_with_its_id_as_webhook_id(
