@@ -34,6 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Final, Protocol, TypeVar, runtime_checkable
 
 from mtls_hooks.core._errors import ConfigurationError
+from mtls_hooks.stores._sqlite_writer import BatchWriter
 
 __all__ = [
     "DEFAULT_LEASE_S",
@@ -215,7 +216,7 @@ INSERT INTO mtls_hooks_dedupe (key, done, expires_at) VALUES (?1, 0, ?2)
 ON CONFLICT (key) DO UPDATE SET done = 0, expires_at = excluded.expires_at
 WHERE mtls_hooks_dedupe.expires_at <= ?3
 """
-_STATE_SQL: Final = "SELECT done FROM mtls_hooks_dedupe WHERE key = ?1"
+_STATE_SQL: Final = "SELECT done, expires_at FROM mtls_hooks_dedupe WHERE key = ?1"
 _COMPLETE_SQL: Final = "UPDATE mtls_hooks_dedupe SET done = 1, expires_at = ?2 WHERE key = ?1"
 _RELEASE_SQL: Final = "DELETE FROM mtls_hooks_dedupe WHERE key = ?1 AND done = 0"
 _PURGE_SQL: Final = """
@@ -223,32 +224,59 @@ DELETE FROM mtls_hooks_dedupe WHERE key IN (
     SELECT key FROM mtls_hooks_dedupe WHERE expires_at <= ?1 LIMIT 1000
 )
 """
-_T = TypeVar("_T")
-_BUSY_CODES: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 # Checkpoint the WAL after this many writes (about 4 KiB of WAL each), in the background:
 # SQLite's own auto-checkpoint would run it, with its fsyncs, inside a claim on the event loop.
 _WRITES_PER_CHECKPOINT: Final = 1000
+# Ids this process completed, answered DONE without SQLite while their retention lasts.
+DEFAULT_DONE_CACHE_ENTRIES: Final = 4096
+_SYNCHRONOUS: Final = ("normal", "full")
+_T = TypeVar("_T")
 
 
-def _claim_on(conn: sqlite3.Connection, key: str, now: float, lease_s: float) -> ClaimState:
+def _claim_on(
+    conn: sqlite3.Connection, key: str, now: float, lease_s: float
+) -> tuple[ClaimState, float]:
+    """Claim in one statement; answer the state and, for a done id, its expiry."""
     if conn.execute(_CLAIM_SQL, (key, now + lease_s, now)).rowcount == 1:
-        return ClaimState.CLAIMED
+        return ClaimState.CLAIMED, 0.0
     row = conn.execute(_STATE_SQL, (key,)).fetchone()
-    # A row purged between the two statements reads as in flight: the sender retries later.
-    return ClaimState.DONE if row is not None and row[0] else ClaimState.IN_FLIGHT
+    # The row is read in the claim's transaction: it cannot vanish in between.
+    if row is not None and row[0]:
+        return ClaimState.DONE, float(row[1])
+    return ClaimState.IN_FLIGHT, 0.0
 
 
 class SQLiteDedupeStore:
     """A persistent dedupe store in one SQLite file (WAL): survives restarts, shared by workers.
 
-    Statements run inline on the event loop: each is one short write (tens of µs) because the
-    fast connection never waits for a lock (``busy_timeout`` 0) and never checkpoints. When
-    another process holds the write lock the statement is retried on a private thread that
-    may wait up to ``busy_timeout_s``; purging expired ids and checkpointing the WAL happen on
-    that thread too, so the event loop never blocks on disk sync or lock waits.
+    **Cost.** Claims, completions and releases submitted during one event-loop turn run in
+    one transaction (group commit, :mod:`mtls_hooks.stores._sqlite_writer`): the fixed cost of
+    a write transaction (the lock, the WAL append, the cache check when another worker wrote)
+    is paid per batch, not per request. The batch runs on the event loop on a connection that
+    never waits for a lock; when another process holds the write lock it moves to a private
+    thread that may wait up to ``busy_timeout_s``. Purging expired ids and checkpointing the
+    WAL run on that thread too. An in-process front answers without SQLite an id this process
+    holds a live claim on (IN_FLIGHT) and an id it completed within the retention window
+    (DONE, the last ``done_cache_entries`` of them): a row can change only when its lease or
+    retention ends, so these answers are what SQLite would give. Cross-process truth stays in
+    the file: every claim the front cannot answer is decided there, in one atomic upsert.
 
-    ``synchronous=NORMAL``: a power loss may forget the last few completions (their retries
-    then run again) but cannot corrupt the file.
+    **Durability of a completion.** :meth:`complete` returns only after the transaction that
+    marks the id done has committed, so the receiver answers 204 after that commit:
+
+    * ``synchronous="normal"`` (default): the commit is in the WAL file (handed to the OS, no
+      fsync). It survives the process dying at any point (``kill -9``, a crash, the OOM
+      killer). An OS crash or power loss may lose the completions made since the WAL was
+      last synced, which happens at each background checkpoint (every 1,000 writes of a
+      process); never more, and the file is never corrupted (WAL frames are checksummed).
+      A lost completion means a redelivery of that id runs its handler again: a duplicate,
+      as at-least-once delivery allows, never an accepted replay (the signature's timestamp
+      tolerance refuses those).
+    * ``synchronous="full"``: the commit fsyncs the WAL before :meth:`complete` returns: a 204
+      is sent only for an id whose completion is on stable storage (as far as the disk
+      honours fsync). Batches then always run on the private thread, one fsync per batch.
+
+    A lost *claim* needs no durability: the handler it guarded died with the machine.
     """
 
     def __init__(
@@ -258,6 +286,8 @@ class SQLiteDedupeStore:
         retention_s: float = DEFAULT_RETENTION_S,
         lease_s: float = DEFAULT_LEASE_S,
         busy_timeout_s: float = 5.0,
+        synchronous: str = "normal",
+        done_cache_entries: int = DEFAULT_DONE_CACHE_ENTRIES,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """Open (creating if needed) the store at ``path``.
@@ -266,12 +296,15 @@ class SQLiteDedupeStore:
             path: the database file; several processes may share it.
             retention_s: how long a processed id is remembered.
             lease_s: how long a claim without ``complete``/``release`` blocks the id.
-            busy_timeout_s: how long the background thread waits for another process's lock.
+            busy_timeout_s: how long the private thread waits for another process's lock.
+            synchronous: ``"normal"`` or ``"full"``: what a completion survives (see above).
+            done_cache_entries: how many completed ids the in-process front remembers
+                (0 disables it; SQLite still answers every id).
             clock: wall-clock seconds (expiry times are stored in the file); injected by tests.
 
         Raises:
             ConfigurationError: an in-memory path, a file that cannot be opened or switched to
-                WAL, or invalid windows.
+                WAL, an unknown ``synchronous`` mode, or invalid windows or bounds.
         """
         self.retention_s, self.lease_s = _check_windows(retention_s, lease_s)
         self.path = os.fspath(path)
@@ -279,10 +312,23 @@ class SQLiteDedupeStore:
             raise ConfigurationError(
                 "SQLiteDedupeStore needs a file path; use MemoryDedupeStore in memory"
             )
+        if synchronous not in _SYNCHRONOUS:
+            raise ConfigurationError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
+        if (
+            isinstance(done_cache_entries, bool)
+            or not isinstance(done_cache_entries, int)
+            or done_cache_entries < 0
+        ):
+            raise ConfigurationError("done_cache_entries must be an integer >= 0")
+        self.synchronous = synchronous
+        self.done_cache_entries = done_cache_entries
         self._clock = clock
         self._writes = 0
         self._maintenance: Future[None] | None = None
         self._closed = False
+        # The front: ids this process holds (lease end) and ids it completed (retention end).
+        self._held: dict[str, float] = {}
+        self._done: OrderedDict[str, float] = OrderedDict()
         # Set-up (WAL switch, schema) waits for other processes opening the same new file at
         # once (workers starting together); only then does the fast connection stop waiting.
         self._fast = self._connect(busy_timeout_s=busy_timeout_s)
@@ -293,10 +339,22 @@ class SQLiteDedupeStore:
             self._fast.close()
             raise
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtls-hooks-dedupe")
+        self._writer = BatchWriter(
+            self._fast,
+            self._slow,
+            self._executor,
+            inline=synchronous == "normal",
+            on_commit=self._wrote,
+        )
+
+    @property
+    def transactions(self) -> int:
+        """Write transactions run so far (each holds one batch of operations)."""
+        return self._writer.transactions
 
     def _connect(self, *, busy_timeout_s: float) -> sqlite3.Connection:
         try:
-            # Autocommit (isolation_level=None): every statement is its own atomic transaction.
+            # Autocommit (isolation_level=None): the writer opens each batch's transaction.
             # check_same_thread=False: the slow connection is used only by the single worker
             # thread, the fast one only by the event loop thread.
             conn = sqlite3.connect(
@@ -310,7 +368,7 @@ class SQLiteDedupeStore:
                 raise ConfigurationError(
                     f"dedupe database {self.path!r} cannot use WAL (journal_mode={mode})"
                 )
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
             conn.execute("PRAGMA wal_autocheckpoint=0")
             conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
@@ -321,77 +379,124 @@ class SQLiteDedupeStore:
             raise
         return conn
 
-    async def _run(self, call: Callable[[sqlite3.Connection], _T]) -> _T:
+    async def _run(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._closed:
             raise RuntimeError("SQLiteDedupeStore is closed")
-        try:
-            return call(self._fast)
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode not in _BUSY_CODES:
-                raise
-        # Another process writes right now: wait for the lock off the event loop.
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, call, self._slow)
+        result: _T = await self._writer.submit(op)
+        return result
 
-    def _wrote(self, now: float) -> None:
-        self._writes += 1
+    def _wrote(self, writes: int) -> None:
+        self._writes += writes
         if self._writes >= _WRITES_PER_CHECKPOINT and (
             self._maintenance is None or self._maintenance.done()
         ):
             self._writes = 0
-            self._maintenance = self._executor.submit(self._maintain, now)
+            self._maintenance = self._executor.submit(self._maintain, self._clock())
 
     def _maintain(self, now: float) -> None:
         self._slow.execute(_PURGE_SQL, (now,))
         self._slow.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
+    def _remember_done(self, key: str, expires_at: float) -> None:
+        if not self.done_cache_entries:
+            return
+        done = self._done
+        done[key] = expires_at
+        done.move_to_end(key)
+        if len(done) > self.done_cache_entries:
+            done.popitem(last=False)
+
     async def claim(self, key: str) -> ClaimState:
         """Claim ``key``; see :class:`DedupeStore`.
 
         Raises:
-            sqlite3.Error: the database failed (disk full, I/O error).
+            sqlite3.Error: the database failed (disk full, I/O error, lock wait timed out).
+            RuntimeError: the store is closed.
         """
         now = self._clock()
+        held = self._held.get(key)
+        if held is not None:
+            if held > now:
+                return ClaimState.IN_FLIGHT
+            del self._held[key]  # our lease ended: another process may have taken the id over
+        done = self._done.get(key)
+        if done is not None:
+            if done > now:
+                return ClaimState.DONE
+            del self._done[key]
         lease_s = self.lease_s
-        state = await self._run(lambda conn: _claim_on(conn, key, now, lease_s))
+        if self._closed:
+            raise RuntimeError("SQLiteDedupeStore is closed")
+        future = self._writer.submit(lambda conn: _claim_on(conn, key, now, lease_s))
+        try:
+            # Shielded: a caller cancelled while its claim is queued (the sender hung up)
+            # must not leave a committed claim nobody settles, blocking retries for the lease.
+            state, expires_at = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(lambda done: self._release_orphan(key, done))
+            raise
         if state is ClaimState.CLAIMED:
-            self._wrote(now)
+            self._held[key] = now + lease_s
+        elif state is ClaimState.DONE:
+            self._remember_done(key, expires_at)
         return state
 
+    def _release_orphan(self, key: str, done: asyncio.Future[tuple[ClaimState, float]]) -> None:
+        if self._closed or done.cancelled() or done.exception() is not None:
+            return
+        if done.result()[0] is ClaimState.CLAIMED:
+            self._writer.submit(lambda conn: conn.execute(_RELEASE_SQL, (key,)))
+
     async def complete(self, key: str) -> None:
-        """Mark ``key`` done; see :class:`DedupeStore`.
+        """Mark ``key`` done; returns once that is committed (see the class docstring).
 
         Raises:
-            sqlite3.Error: the database failed.
+            sqlite3.Error: the database failed; the claim then stays until its lease ends.
+            RuntimeError: the store is closed.
         """
-        now = self._clock()
-        expires_at = now + self.retention_s
-        await self._run(lambda conn: conn.execute(_COMPLETE_SQL, (key, expires_at)))
-        self._wrote(now)
+        expires_at = self._clock() + self.retention_s
+        try:
+            await self._run(lambda conn: conn.execute(_COMPLETE_SQL, (key, expires_at)))
+        finally:
+            # Failed or not, SQLite answers for the id from now on (a failed completion
+            # leaves the claim to its lease there).
+            self._held.pop(key, None)
+        self._remember_done(key, expires_at)
 
     async def release(self, key: str) -> None:
         """Drop an unfinished claim; see :class:`DedupeStore`.
 
         Raises:
-            sqlite3.Error: the database failed.
+            sqlite3.Error: the database failed; the claim then stays until its lease ends.
+            RuntimeError: the store is closed.
         """
-        await self._run(lambda conn: conn.execute(_RELEASE_SQL, (key,)))
+        try:
+            await self._run(lambda conn: conn.execute(_RELEASE_SQL, (key,)))
+        finally:
+            self._held.pop(key, None)
 
     def maintain(self) -> None:
         """Purge expired ids and checkpoint the WAL now (normally done in the background)."""
         self._maintain(self._clock())
 
     def close(self) -> None:
-        """Finish background work and close both connections. Idempotent."""
+        """Finish background work and close both connections. Idempotent.
+
+        Operations still queued fail with :class:`RuntimeError`; :meth:`aclose` runs them.
+        """
         if self._closed:
             return
         self._closed = True
+        self._writer.fail_pending(RuntimeError("SQLiteDedupeStore is closed"))
         self._executor.shutdown(wait=True)
         self._fast.close()
         self._slow.close()
+        self._held.clear()
+        self._done.clear()
 
     async def aclose(self) -> None:
-        """Close the store without blocking the event loop on pending background work."""
+        """Run the queued operations, then close without blocking the event loop."""
         if self._closed:
             return
+        await self._writer.drain()
         await asyncio.get_running_loop().run_in_executor(None, self.close)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar, cast
 
 import pytest
 import pytest_asyncio
@@ -21,7 +20,6 @@ from mtls_hooks.stores._replay import (
 )
 
 CLAIMED, DONE, IN_FLIGHT = ClaimState.CLAIMED, ClaimState.DONE, ClaimState.IN_FLIGHT
-_T = TypeVar("_T")
 
 
 class Clock:
@@ -279,24 +277,3 @@ def test_stores_satisfy_the_protocol(tmp_path: Path) -> None:
         assert isinstance(MemoryDedupeStore(), DedupeStore)
     finally:
         sqlite_store.close()
-
-
-def test_sqlite_claim_and_complete_run_inline_when_uncontended(tmp_path: Path) -> None:
-    """Without another writer, no statement leaves the calling thread: each coroutine ends
-    at its first step, never suspending (its cost is measured in bench/, not here)."""
-    store = SQLiteDedupeStore(tmp_path / "inline.db")
-
-    def run_inline(step: Coroutine[Any, Any, _T]) -> _T:
-        with pytest.raises(StopIteration) as finished:
-            step.send(None)
-        return cast(_T, finished.value.value)
-
-    try:
-        assert run_inline(store.claim("a")) is CLAIMED
-        run_inline(store.complete("a"))
-        assert run_inline(store.claim("a")) is DONE
-        assert run_inline(store.claim("b")) is CLAIMED
-        run_inline(store.release("b"))
-        assert run_inline(store.claim("b")) is CLAIMED
-    finally:
-        store.close()

@@ -1,0 +1,29 @@
+"""The body of a spawned process that completes an id and is killed at once (SIGKILL).
+
+Imported by spawned processes (``multiprocessing`` spawn), so it holds nothing but this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+from mtls_hooks.stores._replay import ClaimState, SQLiteDedupeStore
+
+
+def complete_then_die(path: str, synchronous: str) -> None:
+    """Claim and complete ``done``, claim ``held``, then die before anything else runs.
+
+    The kill comes from the process itself, right after :meth:`complete` returned: nothing
+    queued behind it (a flush on the next event-loop turn, the store's close) gets to run.
+    """
+
+    async def work() -> None:
+        store = SQLiteDedupeStore(path, synchronous=synchronous)
+        assert await store.claim("done") is ClaimState.CLAIMED
+        assert await store.claim("held") is ClaimState.CLAIMED
+        await store.complete("done")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    asyncio.run(work())

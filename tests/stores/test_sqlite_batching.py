@@ -1,0 +1,238 @@
+"""The SQLite dedupe store's group commit, its in-process front, and what a completion survives.
+
+The claim / complete / release contract itself, and the multi-process claim race, are in
+``test_conformance.py``; these tests pin what the faster path must not change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from mtls_hooks.core._errors import ConfigurationError
+from mtls_hooks.stores._replay import ClaimState, SQLiteDedupeStore
+from tests.stores._backends import Clock
+from tests.stores._sqlite_child import complete_then_die
+
+CLAIMED, DONE, IN_FLIGHT = ClaimState.CLAIMED, ClaimState.DONE, ClaimState.IN_FLIGHT
+Opener = Callable[..., SQLiteDedupeStore]
+
+
+@pytest_asyncio.fixture
+async def open_store(tmp_path: Path) -> AsyncIterator[Opener]:
+    """Open stores on one file of the test; every one is closed after the test."""
+    opened: list[SQLiteDedupeStore] = []
+
+    def factory(**kwargs: object) -> SQLiteDedupeStore:
+        store = SQLiteDedupeStore(tmp_path / "dedupe.db", **kwargs)  # type: ignore[arg-type]
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        await store.aclose()
+
+
+def row_of(path: Path, key: str) -> tuple[int, float] | None:
+    """The id's row as another connection (another process) reads it now."""
+    conn = sqlite3.connect(path)
+    try:
+        row = conn.execute(
+            "SELECT done, expires_at FROM mtls_hooks_dedupe WHERE key = ?", (key,)
+        ).fetchone()
+    finally:
+        conn.close()
+    return None if row is None else (int(row[0]), float(row[1]))
+
+
+@pytest.mark.asyncio
+async def test_claims_of_one_loop_turn_share_one_transaction(open_store: Opener) -> None:
+    store = open_store()
+    ids = [f"ep id-{n}" for n in range(20)]
+    before = store.transactions
+    assert await asyncio.gather(*(store.claim(i) for i in ids)) == [CLAIMED] * 20
+    assert store.transactions == before + 1
+    await asyncio.gather(*(store.complete(i) for i in ids))
+    assert store.transactions == before + 2
+
+
+@pytest.mark.asyncio
+async def test_claims_awaited_one_by_one_each_commit_on_their_own(open_store: Opener) -> None:
+    store = open_store()
+    before = store.transactions
+    for n in range(3):
+        assert await store.claim(f"ep id-{n}") is CLAIMED
+    assert store.transactions == before + 3
+
+
+@pytest.mark.asyncio
+async def test_one_id_claimed_many_times_in_one_batch_is_claimed_once(
+    open_store: Opener,
+) -> None:
+    store = open_store()
+    before = store.transactions
+    states = await asyncio.gather(*(store.claim("ep a") for _ in range(5)))
+    assert sorted(s.value for s in states) == ["claimed"] + ["in-flight"] * 4
+    assert store.transactions == before + 1
+
+
+@pytest.mark.asyncio
+async def test_claim_and_completion_are_committed_when_they_return(
+    open_store: Opener, tmp_path: Path
+) -> None:
+    clock = Clock()
+    store = open_store(clock=clock, lease_s=30, retention_s=3600)
+    assert row_of(tmp_path / "dedupe.db", "ep a") is None
+    assert await store.claim("ep a") is CLAIMED
+    assert row_of(tmp_path / "dedupe.db", "ep a") == (0, clock.now + 30)
+    await store.complete("ep a")
+    assert row_of(tmp_path / "dedupe.db", "ep a") == (1, clock.now + 3600)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+def test_a_completion_survives_the_process_killed_right_after(
+    synchronous: str, tmp_path: Path
+) -> None:
+    """The receiver answers 204 after complete() returns: a kill -9 then loses nothing."""
+    path = tmp_path / "killed.db"
+    context = multiprocessing.get_context("spawn")
+    child = context.Process(target=complete_then_die, args=(str(path), synchronous))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        pytest.fail("the child did not finish")
+    assert child.exitcode == -9  # killed by its own SIGKILL, not ended by an assertion
+
+    async def after_restart() -> tuple[ClaimState, ClaimState]:
+        store = SQLiteDedupeStore(path)
+        try:
+            return await store.claim("done"), await store.claim("held")
+        finally:
+            await store.aclose()
+
+    assert asyncio.run(after_restart()) == (DONE, IN_FLIGHT)  # held: until its lease ends
+
+
+@pytest.mark.asyncio
+async def test_the_front_answers_own_ids_without_a_transaction(open_store: Opener) -> None:
+    store = open_store()
+    assert await store.claim("ep a") is CLAIMED
+    before = store.transactions
+    assert await store.claim("ep a") is IN_FLIGHT  # this process holds it
+    assert store.transactions == before
+    await store.complete("ep a")
+    before = store.transactions
+    assert await store.claim("ep a") is DONE  # this process completed it
+    assert store.transactions == before
+
+
+@pytest.mark.asyncio
+async def test_without_a_done_cache_sqlite_answers_every_duplicate(open_store: Opener) -> None:
+    store = open_store(done_cache_entries=0)
+    await store.claim("ep a")
+    await store.complete("ep a")
+    before = store.transactions
+    assert await store.claim("ep a") is DONE
+    assert store.transactions == before + 1
+
+
+@pytest.mark.asyncio
+async def test_the_done_cache_is_bounded_and_sqlite_still_knows(open_store: Opener) -> None:
+    store = open_store(done_cache_entries=2)
+    for key in ("ep a", "ep b", "ep c"):
+        await store.claim(key)
+        await store.complete(key)
+    before = store.transactions
+    assert await store.claim("ep c") is DONE  # among the last two: the front answers
+    assert store.transactions == before
+    assert await store.claim("ep a") is DONE  # dropped from the front: SQLite answers
+    assert store.transactions == before + 1
+
+
+@pytest.mark.asyncio
+async def test_the_front_defers_to_sqlite_once_its_own_lease_ended(open_store: Opener) -> None:
+    """Another worker may take over an id whose lease this process let lapse."""
+    clock = Clock()
+    mine, theirs = open_store(clock=clock, lease_s=30), open_store(clock=clock, lease_s=30)
+    assert await mine.claim("ep a") is CLAIMED
+    clock.now += 31  # this process's handler outlived its lease
+    assert await theirs.claim("ep a") is CLAIMED
+    assert await mine.claim("ep a") is IN_FLIGHT  # SQLite says so: theirs holds it now
+    await theirs.complete("ep a")
+    assert await mine.claim("ep a") is DONE
+
+
+@pytest.mark.asyncio
+async def test_a_claim_cancelled_while_queued_does_not_hold_the_id(open_store: Opener) -> None:
+    """A sender that hangs up mid-claim: its committed claim is released, not left to the lease."""
+    store = open_store()
+    task = asyncio.ensure_future(store.claim("ep a"))
+    await asyncio.sleep(0)  # one turn: the task queues its claim; the batch runs next turn
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await store.claim("ep a") is CLAIMED
+
+
+@pytest.mark.asyncio
+async def test_a_failed_batch_fails_each_caller_and_the_next_batch_runs(
+    open_store: Opener, tmp_path: Path
+) -> None:
+    store = open_store()
+    assert await store.claim("ep a") is CLAIMED
+    conn = sqlite3.connect(tmp_path / "dedupe.db", isolation_level=None)
+    try:
+        conn.execute("ALTER TABLE mtls_hooks_dedupe RENAME TO moved")
+        results = await asyncio.wait_for(
+            asyncio.gather(store.claim("ep b"), store.claim("ep c"), return_exceptions=True), 30
+        )
+        assert all(isinstance(r, sqlite3.OperationalError) for r in results), results
+        conn.execute("ALTER TABLE moved RENAME TO mtls_hooks_dedupe")
+    finally:
+        conn.close()
+    assert await asyncio.wait_for(store.claim("ep b"), 30) is CLAIMED
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("synchronous", "level", "on_loop"), [("normal", 1, True), ("full", 2, False)]
+)
+async def test_synchronous_mode_sets_the_pragma_and_where_commits_run(
+    open_store: Opener, synchronous: str, level: int, on_loop: bool
+) -> None:
+    """FULL fsyncs each commit, so its batches run on the store's thread, never the loop."""
+    store = open_store(synchronous=synchronous)
+    threads: set[int] = set()
+    for conn in (store._fast, store._slow):  # private: the pragma is the promise
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == level
+        conn.set_trace_callback(lambda _: threads.add(threading.get_ident()))
+    assert await store.claim("ep a") is CLAIMED
+    await store.complete("ep a")
+    assert await store.claim("ep a") is DONE
+    assert threads
+    assert (threads == {threading.get_ident()}) is on_loop
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"synchronous": "off"}, "synchronous must be"),
+        ({"done_cache_entries": -1}, "done_cache_entries"),
+        ({"done_cache_entries": True}, "done_cache_entries"),
+    ],
+)
+def test_invalid_options_are_configuration_errors(
+    tmp_path: Path, kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        SQLiteDedupeStore(tmp_path / "x.db", **kwargs)  # type: ignore[arg-type]
