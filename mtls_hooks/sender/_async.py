@@ -73,6 +73,7 @@ class AsyncWebhookSender(_SenderBase):
                 cookie_jar=aiohttp.DummyCookieJar(),  # no receiver's cookie follows us
                 auto_decompress=False,  # a capped body must not inflate: see _SenderBase
                 timeout=self._default_timeout,
+                headers=self._headers,  # per request only the signature's: see _sign
             )
         return self._session
 
@@ -121,7 +122,7 @@ class AsyncWebhookSender(_SenderBase):
         started = up_at - timeout  # the reading _budget took
         status: int
         answer_headers: Mapping[str, str]
-        kept = bytearray()  # only the start of the body: see _SenderBase._keep
+        body: bytes
         try:
             if self._httpx is not None:
                 # httpx's timeouts bound each read, so headers trickled a byte per read would
@@ -136,17 +137,18 @@ class AsyncWebhookSender(_SenderBase):
                         timeout=timeout,
                     ) as response,
                 ):
+                    kept = bytearray()  # only the start of the body: see _SenderBase._keep
                     async for chunk in response.aiter_raw():
                         if self._keep(kept, chunk, up_at):
                             break
-                status, answer_headers = response.status_code, response.headers
+                status, answer_headers, body = response.status_code, response.headers, bytes(kept)
             else:
                 client_timeout = (
                     self._default_timeout
-                    if timeout == self.retry.attempt_timeout_s
+                    if timeout == self._default_timeout.total
                     else aiohttp.ClientTimeout(total=timeout)
                 )
-                async with self._aiohttp().post(
+                async with (self._session or self._aiohttp()).post(
                     delivery.url,
                     data=delivery.body,
                     headers=headers,
@@ -159,8 +161,9 @@ class AsyncWebhookSender(_SenderBase):
                         # The usual short answer arrived with its headers: take it as it is
                         # (aiohttp's flow control bounds what it buffers) without the chunk
                         # loop, which costs ~10 us per delivery.
-                        kept += content.read_nowait()[:ANSWER_KEEP_BYTES]
+                        body = content.read_nowait()[:ANSWER_KEEP_BYTES]
                     else:
+                        kept = bytearray()
                         try:
                             async for chunk in content.iter_any():
                                 if self._keep(kept, chunk, up_at):
@@ -168,10 +171,11 @@ class AsyncWebhookSender(_SenderBase):
                         finally:
                             if not content.is_eof():
                                 answer.close()  # drop the rest with the connection, undrained
+                        body = bytes(kept)
         except (httpx.HTTPError, aiohttp.ClientError, OSError, httpx.InvalidURL, ValueError) as exc:
             raise self._failed(delivery, exc, self._monotonic() - started) from exc
         latency = self._monotonic() - started
-        self._answer(delivery, status, answer_headers, bytes(kept), latency)
+        self._answer(delivery, status, answer_headers, body, latency)
 
     async def send_many(
         self, messages: Iterable[WebhookMessage], *, concurrency: int | None = None

@@ -274,6 +274,10 @@ class _SenderBase:
             "follow_redirects": False,  # Standard Webhooks: a 3xx is a failure
             "trust_env": False,  # no proxy or CA from the environment behind the caller's back
             "timeout": self.retry.attempt_timeout_s,
+            # The constant headers live on the client, set once: httpx merges a request's
+            # headers into them, and each one given per request that is also a client
+            # default (user-agent, accept-encoding) costs a scan and a delete.
+            "headers": self._headers,
             "limits": httpx.Limits(
                 max_connections=self.max_connections,
                 max_keepalive_connections=self.max_connections,
@@ -297,7 +301,7 @@ class _SenderBase:
         problem = _url_problem(url)
         if problem is not None:
             raise ConfigurationError(problem)
-        if isinstance(payload, bytes | bytearray | memoryview):
+        if isinstance(payload, (bytes, bytearray, memoryview)):  # a tuple: ~3x a union's speed
             if event_type is not None:
                 raise ConfigurationError("event_type wraps a payload; bytes are sent verbatim")
             body = bytes(payload)
@@ -316,12 +320,17 @@ class _SenderBase:
         return _Delivery(url, body, webhook_id or Signer.new_webhook_id(), deadline_at)
 
     def _sign(self, delivery: _Delivery) -> dict[str, str]:
-        # A fresh timestamp (and so a fresh signature) per attempt keeps retries inside the
-        # receiver's tolerance; the same id lets it dedupe them.
+        """The three signature headers of one try; the constant ones are the client's.
+
+        A fresh timestamp (and so a fresh signature) per attempt keeps retries inside the
+        receiver's tolerance; the same id lets it dedupe them. Each twin's HTTP client holds
+        ``_headers`` as its defaults, and a request's headers replace defaults of the same
+        name, so a caller's ``headers`` never replace a signature header.
+        """
         signed = self._signer.sign(
             delivery.body, webhook_id=delivery.webhook_id, timestamp=math.floor(self._clock())
         )
-        return {**self._headers, **signed.as_dict()}
+        return signed.as_dict()
 
     def _budget(self, delivery: _Delivery) -> tuple[float, float]:
         """Time one try may take: ``(seconds, monotonic reading at which it is up)``.
@@ -416,6 +425,10 @@ class _SenderBase:
         latency_s: float,
     ) -> None:
         """Record an HTTP answer; raise AttemptFailed unless it is a 2xx."""
+        if 200 <= status < 300:
+            # classify_status's success, decided without its call and a read of the clock.
+            delivery.attempts.append(Attempt(len(delivery.attempts) + 1, status, latency_s))
+            return
         failure = classify_status(status, headers, body, url=delivery.url, now=self._clock())
         detail = "" if failure is None else failure.detail
         delivery.attempts.append(

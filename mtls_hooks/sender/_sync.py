@@ -9,8 +9,9 @@ from __future__ import annotations
 import concurrent.futures
 import http.cookiejar
 import time
+import urllib.request
 from collections.abc import Iterable
-from typing import Self
+from typing import Any, Self
 
 import httpx
 import tenacity
@@ -22,6 +23,24 @@ from mtls_hooks.sender._results import DeliveryResult
 from mtls_hooks.sender._retry import AttemptFailed
 
 __all__ = ["WebhookSender"]
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """A jar that keeps no cookie and sends none: a receiver's cookies must not follow us.
+
+    Its policy refuses every domain; its two entry points also return at once, which skips
+    what the jar does per request: httpx hands it the answer's headers as a new
+    ``email.message.Message`` and both calls take the jar's lock.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+
+    def add_cookie_header(self, request: urllib.request.Request) -> None:
+        return
+
+    def extract_cookies(self, response: Any, request: urllib.request.Request) -> None:
+        return
 
 
 class WebhookSender(_SenderBase):
@@ -39,6 +58,7 @@ class WebhookSender(_SenderBase):
         # the try has left (see _deadline), so status line and headers count too.
         backend = DeadlineBackend(self._monotonic)
         self._try_end = backend.try_end
+        self._attempt_timeout_s = self.retry.attempt_timeout_s
         transport = deadline_transport(
             backend,
             ssl_context=options.pop("verify"),
@@ -48,10 +68,7 @@ class WebhookSender(_SenderBase):
         self._client = httpx.Client(
             **options,
             transport=transport,
-            # A receiver's cookies must not follow us to the next delivery.
-            cookies=http.cookiejar.CookieJar(
-                http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
-            ),
+            cookies=_NoCookies(),
         )
 
     def send(
@@ -111,7 +128,9 @@ class WebhookSender(_SenderBase):
                 delivery.url,
                 content=delivery.body,
                 headers=headers,
-                timeout=timeout,  # the pool wait; the backend caps the other steps
+                # The pool wait; the backend caps the other steps. The client's own timeout
+                # object when it is the same: building one per request costs more than a µs.
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout == self._attempt_timeout_s else timeout,
             ) as response:
                 for chunk in response.iter_raw():
                     if self._keep(kept, chunk, up_at):  # the whole answer: see _budget
