@@ -65,6 +65,8 @@ if TYPE_CHECKING:
     from mtls_hooks.serving._config import ServerConfig
     from mtls_hooks.serving._serving import serve_async
     from mtls_hooks.serving._workers import serve
+    from mtls_hooks.stores._postgres import PostgresDedupeStore
+    from mtls_hooks.stores._redis import RedisDedupeStore
     from mtls_hooks.stores._replay import (
         ClaimState,
         DedupeStore,
@@ -98,7 +100,9 @@ __all__ = [
     "PeerPolicy",
     "PinError",
     "PinningContext",
+    "PostgresDedupeStore",
     "QueueStore",
+    "RedisDedupeStore",
     "ReplayError",
     "RetriesExhaustedError",
     "RetryPolicy",
@@ -148,7 +152,9 @@ _LAZY = {
     "MemoryDedupeStore": "mtls_hooks.stores._replay",
     "Outbox": "mtls_hooks.outbox._outbox",
     "OutboxEndpoint": "mtls_hooks.outbox._endpoint",
+    "PostgresDedupeStore": "mtls_hooks.stores._postgres",
     "QueueStore": "mtls_hooks.queue._protocol",
+    "RedisDedupeStore": "mtls_hooks.stores._redis",
     "RetryPolicy": "mtls_hooks.sender._retry",
     "RetrySettings": "mtls_hooks.outbox._endpoint",
     "SQLiteDedupeStore": "mtls_hooks.stores._replay",

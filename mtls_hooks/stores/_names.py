@@ -8,12 +8,21 @@ from typing import Final
 
 from mtls_hooks.core._errors import ConfigurationError
 
-__all__ = ["DEFAULT_NAMESPACE", "check_namespace", "redact_url", "split_key"]
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "PG_NOW_SQL",
+    "check_namespace",
+    "one_line",
+    "redact_url",
+    "split_key",
+]
 
 DEFAULT_NAMESPACE: Final = "mtls_hooks"
 # A PostgreSQL identifier without quoting (the table names add at most 7 characters to the
 # 63-byte limit) and a Redis key prefix without separators.
 _NAMESPACE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,50}")
+# PostgreSQL's clock unless the caller injects one (tests): a NULL parameter selects the server's.
+PG_NOW_SQL: Final = "COALESCE({now}::float8, extract(epoch FROM statement_timestamp())::float8)"
 
 
 def check_namespace(namespace: str) -> str:
@@ -51,3 +60,9 @@ def redact_url(url: str) -> str:
         return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[2]}"))
     except ValueError:
         return "<unparsable URL>"
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (drivers put newlines and hints in theirs)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

@@ -25,10 +25,11 @@ leaves neither, and the sender's retry runs it again; one that commits is never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final, Protocol, TypeVar
 
 import psycopg
@@ -37,8 +38,9 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.queue._protocol import StoreUnavailableError
-from mtls_hooks.stores._names import check_namespace, redact_url, split_key
-from mtls_hooks.stores._ratelimit import Rate
+from mtls_hooks.stores._batch import Batcher
+from mtls_hooks.stores._names import PG_NOW_SQL, check_namespace, one_line, redact_url, split_key
+from mtls_hooks.stores._ratelimit import RateLimiter
 from mtls_hooks.stores._replay import (
     DEFAULT_LEASE_S,
     DEFAULT_RETENTION_S,
@@ -46,7 +48,7 @@ from mtls_hooks.stores._replay import (
     _check_windows,
 )
 
-__all__ = ["SWEEP_BATCH", "PostgresDedupeStore", "PostgresRateLimiter"]
+__all__ = ["SWEEP_BATCH", "PostgresDedupeStore"]
 
 logger = logging.getLogger("mtls_hooks.stores")
 
@@ -55,8 +57,6 @@ SWEEP_BATCH: Final = 1000
 # _SWEEP_MAX_BATCHES batches: bounded work, spread over time.
 _SWEEP_EVERY: Final = 1000
 _SWEEP_MAX_BATCHES: Final = 10
-# The database's clock unless the caller injects one (tests): NULL selects the server's.
-_NOW: Final = "COALESCE({now}::float8, extract(epoch FROM statement_timestamp())::float8)"
 
 _R = TypeVar("_R")
 
@@ -80,27 +80,41 @@ class _LeaseLostError(Exception):
 
 def _statements(table: str) -> dict[str, sql.Composed]:
     t = sql.Identifier(table)
-    now = sql.SQL(_NOW.format(now="%(now)s"))
+    now = sql.SQL(PG_NOW_SQL.format(now="%(now)s"))
     return {
+        # CREATE ... IF NOT EXISTS is not safe against itself: two processes creating the
+        # table at once can fail on pg_type's unique index. An advisory lock serialises them.
         "schema": sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {t} ("
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtext({name}));"
+            " CREATE TABLE IF NOT EXISTS {t} ("
             " endpoint text NOT NULL, webhook_id text NOT NULL, done boolean NOT NULL,"
             " token bigint NOT NULL, expires_at float8 NOT NULL,"
             " PRIMARY KEY (endpoint, webhook_id));"
-            " CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)"
-        ).format(t=t, index=sql.Identifier(f"{table}_expiry")),
+            " CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at); COMMIT"
+        ).format(t=t, name=sql.Literal(table), index=sql.Identifier(f"{table}_expiry")),
         # excluded.expires_at - lease is "now" again: one clock reading per statement.
-        "claim": sql.SQL(
+        # Batches (see _batch.py): one statement for the claims that arrived meanwhile, keys
+        # sorted so that nodes inserting overlapping batches lock rows in the same order.
+        "claim_many": sql.SQL(
             "INSERT INTO {t} AS d (endpoint, webhook_id, done, token, expires_at)"
-            " VALUES (%(endpoint)s, %(id)s, false, %(token)s, {now} + %(lease)s)"
+            " SELECT e, i, false, k, {now} + %(lease)s"
+            " FROM unnest(%(endpoints)s::text[], %(ids)s::text[], %(tokens)s::int8[]) AS u(e, i, k)"
+            " ORDER BY e, i"
             " ON CONFLICT (endpoint, webhook_id) DO UPDATE"
             " SET done = false, token = excluded.token, expires_at = excluded.expires_at"
             " WHERE d.expires_at <= excluded.expires_at - %(lease)s"
-            " RETURNING 1"
+            " RETURNING endpoint, webhook_id"
         ).format(t=t, now=now),
-        "state": sql.SQL(
-            "SELECT done FROM {t} WHERE endpoint = %(endpoint)s AND webhook_id = %(id)s"
+        "state_many": sql.SQL(
+            "SELECT endpoint, webhook_id, done FROM {t}"
+            " WHERE (endpoint, webhook_id) IN"
+            " (SELECT * FROM unnest(%(endpoints)s::text[], %(ids)s::text[]))"
         ).format(t=t),
+        "complete_many": sql.SQL(
+            "UPDATE {t} AS d SET done = true, expires_at = {now} + %(retention)s"
+            " FROM unnest(%(endpoints)s::text[], %(ids)s::text[], %(tokens)s::int8[]) AS u(e, i, k)"
+            " WHERE d.endpoint = u.e AND d.webhook_id = u.i AND d.token = u.k"
+        ).format(t=t, now=now),
         "complete": sql.SQL(
             "UPDATE {t} SET done = true, expires_at = {now} + %(retention)s"
             " WHERE endpoint = %(endpoint)s AND webhook_id = %(id)s AND token = %(token)s"
@@ -133,7 +147,7 @@ class PostgresDedupeStore:
         namespace: str = "mtls_hooks",
         retention_s: float = DEFAULT_RETENTION_S,
         lease_s: float = DEFAULT_LEASE_S,
-        pool_max_size: int = 10,
+        pool_max_size: int = 20,
         timeout_s: float = 5.0,
         prepare: bool = True,
         clock: Callable[[], float] | None = None,
@@ -169,12 +183,15 @@ class PostgresDedupeStore:
         self._timeout_s = timeout_s
         self._prepare = prepare
         self._clock = clock
-        self._sql = _statements(self.table)
+        # Rendered once: psycopg would compose a Composed object again on every execute.
+        self._sql = {name: query.as_bytes(None) for name, query in _statements(self.table).items()}
         self._pool: AsyncConnectionPool | None = None
         self._opening: asyncio.Lock | None = None
         # This process's claim token per key; complete/release act only on a row bearing it.
         self._tokens: dict[str, int] = {}
         self._claims = 0
+        self._claims_batch = Batcher(self._claim_many)
+        self._completes_batch = Batcher(self._complete_many)
         self._sweeping: asyncio.Task[int] | None = None
         self._closed = False
 
@@ -204,7 +221,7 @@ class PostgresDedupeStore:
                 conn.execute(self._sql["schema"], prepare=False)
         except psycopg.Error as exc:
             raise StoreUnavailableError(
-                f"dedupe store {self._where} is unreachable: {_one_line(exc)}"
+                f"dedupe store {self._where} is unreachable: {one_line(exc)}"
             ) from exc
 
     async def _open(self) -> AsyncConnectionPool:
@@ -234,6 +251,22 @@ class PostgresDedupeStore:
             self._pool = pool
             return pool
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection; driver and pool failures become StoreUnavailableError."""
+        try:
+            pool = self._pool or await self._open()
+            async with pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise StoreUnavailableError(
+                f"dedupe store {self._where}: no connection within {self._timeout_s:g} s"
+            ) from exc
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise StoreUnavailableError(
+                f"dedupe store {self._where} failed: {one_line(exc)}"
+            ) from exc
+
     async def _execute(self, name: str, params: dict[str, Any]) -> psycopg.AsyncCursor[Any]:
         try:
             pool = self._pool or await self._open()
@@ -245,33 +278,56 @@ class PostgresDedupeStore:
             ) from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise StoreUnavailableError(
-                f"dedupe store {self._where} failed: {_one_line(exc)}"
+                f"dedupe store {self._where} failed: {one_line(exc)}"
             ) from exc
 
     async def claim(self, key: str) -> ClaimState:
         """Claim ``key``; see :class:`~mtls_hooks.stores._replay.DedupeStore`.
 
+        Claims that arrive together go to the database in one statement (see ``_batch.py``).
+
         Raises:
             StoreUnavailableError: the database cannot be reached.
         """
-        endpoint, webhook_id = split_key(key)
         token = secrets.randbits(63)
+        state = await self._claims_batch.submit((key, token))
+        if state is ClaimState.CLAIMED:
+            self._tokens[key] = token
+            self._claimed()
+        return state
+
+    async def _claim_many(self, items: Sequence[tuple[str, int]]) -> list[ClaimState]:
+        # One row per key: a statement cannot insert a key twice (the later twin reads as
+        # in flight, as it would a moment after the first claim).
+        firsts = dict(reversed(items))
+        keys = sorted(firsts)
+        split = [split_key(key) for key in keys]
         params = {
-            "endpoint": endpoint,
-            "id": webhook_id,
-            "token": token,
+            "endpoints": [endpoint for endpoint, _ in split],
+            "ids": [webhook_id for _, webhook_id in split],
+            "tokens": [firsts[key] for key in keys],
             "lease": self.lease_s,
             "now": self._now(),
         }
-        cursor = await self._execute("claim", params)
-        if cursor.rowcount == 1:
-            self._tokens[key] = token
-            self._claimed()
-            return ClaimState.CLAIMED
-        row = await (await self._execute("state", params)).fetchone()
-        # A row swept or released between the two statements reads as in flight: the sender
-        # retries shortly and then claims it.
-        return ClaimState.DONE if row is not None and row[0] else ClaimState.IN_FLIGHT
+        states: dict[str, ClaimState] = {}
+        async with self._connection() as conn:
+            cursor = await conn.execute(self._sql["claim_many"], params)
+            for endpoint, webhook_id in await cursor.fetchall():
+                states[f"{endpoint} {webhook_id}"] = ClaimState.CLAIMED
+            if len(states) < len(keys):
+                cursor = await conn.execute(self._sql["state_many"], params)
+                for endpoint, webhook_id, done in await cursor.fetchall():
+                    key = f"{endpoint} {webhook_id}"
+                    states.setdefault(key, ClaimState.DONE if done else ClaimState.IN_FLIGHT)
+        answers: list[ClaimState] = []
+        for key, token in items:
+            # A row swept or released between the two statements reads as in flight: the
+            # sender retries shortly and then claims it.
+            state = states.get(key, ClaimState.IN_FLIGHT)
+            if state is ClaimState.CLAIMED and token != firsts[key]:
+                state = ClaimState.IN_FLIGHT
+            answers.append(state)
+        return answers
 
     async def complete(self, key: str) -> None:
         """Mark ``key`` done if this process still holds its claim.
@@ -282,15 +338,20 @@ class PostgresDedupeStore:
         token = self._tokens.pop(key, None)
         if token is None:
             return  # not ours (never claimed here, or settled inside a transaction)
-        endpoint, webhook_id = split_key(key)
+        await self._completes_batch.submit((key, token))
+
+    async def _complete_many(self, items: Sequence[tuple[str, int]]) -> list[None]:
+        split = [split_key(key) for key, _ in items]
         params = {
-            "endpoint": endpoint,
-            "id": webhook_id,
-            "token": token,
+            "endpoints": [endpoint for endpoint, _ in split],
+            "ids": [webhook_id for _, webhook_id in split],
+            "tokens": [token for _, token in items],
             "retention": self.retention_s,
             "now": self._now(),
         }
-        await self._execute("complete", params)
+        async with self._connection() as conn:
+            await conn.execute(self._sql["complete_many"], params)
+        return [None] * len(items)
 
     async def release(self, key: str) -> None:
         """Drop this process's unfinished claim on ``key``.
@@ -384,7 +445,7 @@ class PostgresDedupeStore:
                 ) from None
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 raise StoreUnavailableError(
-                    f"dedupe store {self._where} failed: {_one_line(exc)}"
+                    f"dedupe store {self._where} failed: {one_line(exc)}"
                 ) from exc
             # Committed: the row is done, so the receiver's complete() has nothing to do.
             self._tokens.pop(key, None)
@@ -406,13 +467,19 @@ class PostgresDedupeStore:
         """
         return self._pool or await self._open()
 
-    def rate_limiter(self) -> PostgresRateLimiter:
+    def rate_limiter(self) -> RateLimiter:
         """Return token buckets kept in this database, on this store's pool and clock."""
-        return PostgresRateLimiter(self)
+        from mtls_hooks.stores._postgres_rate import PostgresRateLimiter
+
+        return PostgresRateLimiter(
+            self.connection_pool, namespace=self.namespace, now=self._now, where=self._where
+        )
 
     async def aclose(self) -> None:
         """Close the pool; running sweeps are cancelled. Idempotent."""
         self._closed = True
+        await self._claims_batch.aclose()
+        await self._completes_batch.aclose()
         sweeping, self._sweeping = self._sweeping, None
         if sweeping is not None and not sweeping.done():
             sweeping.cancel()
@@ -420,72 +487,3 @@ class PostgresDedupeStore:
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
-class PostgresRateLimiter:
-    """Token buckets (GCRA) in ``<namespace>_rate``, shared by every worker and machine.
-
-    Uses the dedupe store's pool and clock: an admitted request is one statement; a refused
-    one a second, to read how long the peer must wait.
-    """
-
-    def __init__(self, store: PostgresDedupeStore) -> None:
-        """Keep buckets beside ``store``'s table, through its connection pool."""
-        self._store = store
-        t = sql.Identifier(f"{store.namespace}_rate")
-        now = sql.SQL(_NOW.format(now="%(now)s"))
-        self._schema = sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {t} (key text PRIMARY KEY, tat float8 NOT NULL)"
-        ).format(t=t)
-        # excluded.tat - interval is "now": one clock reading per statement.
-        self._take = sql.SQL(
-            "INSERT INTO {t} AS b (key, tat) VALUES (%(key)s, {now} + %(interval)s)"
-            " ON CONFLICT (key) DO UPDATE"
-            " SET tat = GREATEST(b.tat, excluded.tat - %(interval)s) + %(interval)s"
-            " WHERE GREATEST(b.tat, excluded.tat - %(interval)s)"
-            " - (excluded.tat - %(interval)s) <= %(tau)s"
-            " RETURNING 1"
-        ).format(t=t, now=now)
-        self._wait = sql.SQL("SELECT tat - {now} - %(tau)s FROM {t} WHERE key = %(key)s").format(
-            t=t, now=now
-        )
-        self._ready = False
-
-    async def acquire(self, key: str, rate: Rate) -> float:
-        """Take one token; see :class:`~mtls_hooks.stores._ratelimit.RateLimiter`.
-
-        Raises:
-            StoreUnavailableError: the database cannot be reached.
-        """
-        store = self._store
-        params = {
-            "key": key,
-            "interval": rate.interval_s,
-            "tau": rate.tau_s,
-            "now": store._now(),
-        }
-        try:
-            pool = await store.connection_pool()
-            async with pool.connection() as conn:
-                if not self._ready:
-                    await conn.execute(self._schema)
-                    self._ready = True
-                if (await conn.execute(self._take, params)).rowcount == 1:
-                    return 0.0
-                row = await (await conn.execute(self._wait, params)).fetchone()
-        except PoolTimeout as exc:
-            raise StoreUnavailableError(f"rate-limit store {store._where}: no connection") from exc
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            raise StoreUnavailableError(
-                f"rate-limit store {store._where} failed: {_one_line(exc)}"
-            ) from exc
-        # Refilled between the two statements: come back after one interval.
-        return float(row[0]) if row is not None and row[0] > 0 else rate.interval_s
-
-    async def aclose(self) -> None:
-        """Nothing of its own to close: the pool is the store's."""

@@ -22,7 +22,7 @@ matters, and PostgreSQL where a duplicate run costs money.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -30,7 +30,8 @@ import redis.exceptions
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.queue._protocol import StoreUnavailableError
-from mtls_hooks.stores._names import check_namespace, redact_url
+from mtls_hooks.stores._batch import Batcher
+from mtls_hooks.stores._names import check_namespace, one_line, redact_url
 from mtls_hooks.stores._ratelimit import Rate
 from mtls_hooks.stores._replay import (
     DEFAULT_LEASE_S,
@@ -120,6 +121,8 @@ class RedisDedupeStore:
         self._release = self._client.register_script(_RELEASE_LUA)
         # This process's claim value per key; complete/release act only on a key bearing it.
         self._tokens: dict[str, bytes] = {}
+        self._claims_batch = Batcher(self._claim_many)
+        self._completes_batch = Batcher(self._complete_many)
 
     def __repr__(self) -> str:
         return f"RedisDedupeStore({self._where!r}, prefix={self.prefix!r})"
@@ -148,7 +151,7 @@ class RedisDedupeStore:
                 client.close()
         except redis.exceptions.RedisError as exc:
             raise StoreUnavailableError(
-                f"dedupe store {self._where} is unreachable: {_one_line(exc)}"
+                f"dedupe store {self._where} is unreachable: {one_line(exc)}"
             ) from exc
         if int(version.split(".", maxsplit=1)[0]) < 7:
             raise StoreUnavailableError(
@@ -160,23 +163,31 @@ class RedisDedupeStore:
             return await call
         except _REDIS_ERRORS as exc:
             raise StoreUnavailableError(
-                f"dedupe store {self._where} failed: {_one_line(exc)}"
+                f"dedupe store {self._where} failed: {one_line(exc)}"
             ) from exc
 
     async def claim(self, key: str) -> ClaimState:
         """Claim ``key``; see :class:`~mtls_hooks.stores._replay.DedupeStore`.
 
+        Claims that arrive together share one pipelined round trip (see ``_batch.py``).
+
         Raises:
             StoreUnavailableError: Redis cannot be reached.
         """
         token = b"c:%x" % secrets.randbits(63)
-        previous = await self._call(
-            self._client.set(self.prefix + key, token, nx=True, px=self._lease_ms, get=True)
-        )
+        previous = await self._claims_batch.submit((key, token))
         if previous is None:
             self._tokens[key] = token
             return ClaimState.CLAIMED
         return ClaimState.DONE if previous == _DONE else ClaimState.IN_FLIGHT
+
+    async def _claim_many(self, items: Sequence[tuple[str, bytes]]) -> list[bytes | None]:
+        # Each SET ... NX GET is atomic on its own; a twin of a key later in the same
+        # pipeline reads the first one's claim and answers in flight.
+        pipe = self._client.pipeline(transaction=False)
+        for key, token in items:
+            pipe.set(self.prefix + key, token, nx=True, px=self._lease_ms, get=True)
+        return list(await self._call(pipe.execute()))
 
     async def complete(self, key: str) -> None:
         """Mark ``key`` done if this process still holds its claim.
@@ -186,9 +197,16 @@ class RedisDedupeStore:
         """
         token = self._tokens.pop(key, None)
         if token is not None:
-            await self._call(
-                self._complete(keys=[self.prefix + key], args=[token, self._retention_ms])
+            await self._completes_batch.submit((key, token))
+
+    async def _complete_many(self, items: Sequence[tuple[str, bytes]]) -> list[None]:
+        pipe = self._client.pipeline(transaction=False)
+        for key, token in items:
+            await self._complete(
+                keys=[self.prefix + key], args=[token, self._retention_ms], client=pipe
             )
+        await self._call(pipe.execute())
+        return [None] * len(items)
 
     async def release(self, key: str) -> None:
         """Drop this process's unfinished claim on ``key``.
@@ -210,13 +228,10 @@ class RedisDedupeStore:
 
     async def aclose(self) -> None:
         """Close the client's connections. Idempotent."""
+        await self._claims_batch.aclose()
+        await self._completes_batch.aclose()
         await self._client.aclose()
         await self._client.connection_pool.disconnect()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
 
 
 # KEYS[1] the bucket; ARGV: now (negative: use Redis's clock), interval, tau (seconds).

@@ -3,7 +3,7 @@
 Parametrised over the memory, SQLite, PostgreSQL and Redis stores (``spec`` fixture). Expiry
 is tested with an injected clock where the store takes one; Redis expires keys on its own
 clock, so its windows are checked through the keys' TTLs and short real leases
-(``tests/stores/test_redis.py``).
+(``tests/stores/test_shared_stores.py``).
 
 Concurrency is real: separate processes (spawned), each with its own store object on one
 database, claim the same ids behind a :class:`multiprocessing.Barrier`; every id must be
@@ -29,7 +29,7 @@ CLAIMED, DONE, IN_FLIGHT = ClaimState.CLAIMED, ClaimState.DONE, ClaimState.IN_FL
 
 def needs_clock(spec: Spec) -> None:
     if not spec.clocked:
-        pytest.skip("Redis expires keys on its own clock: see test_redis.py")
+        pytest.skip("Redis expires keys on its own clock: see test_shared_stores.py")
 
 
 @pytest.mark.asyncio
