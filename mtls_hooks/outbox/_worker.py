@@ -292,8 +292,8 @@ class DeliveryWorker:
                     continue
                 for settlement in batch:
                     self._held.discard(settlement.job_id)
-                if not self._held:
-                    self._wake.set()
+                # A settled message may free the next of its FIFO key, or a slot: claim again.
+                self._wake.set()
             if self._stopping and not self._pending and not self._tasks:
                 return
 

@@ -17,16 +17,17 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import psycopg
 import psycopg_pool
 
-from mtls_hooks.queue._protocol import NewJob, StoreUnavailableError
+from mtls_hooks.queue._protocol import NewJob, Settlement, StoreUnavailableError
 from mtls_hooks.queue._sql import (
     EXISTING_SQL,
+    SETTLED_STATE,
     Cursor,
     SqlQueueStore,
     insert_params,
@@ -94,6 +95,23 @@ CREATE TABLE IF NOT EXISTS mtls_hooks_targets (
 # One advisory lock key for schema creation: CREATE ... IF NOT EXISTS races between
 # processes starting together (a unique violation on pg_type), so they take turns.
 _SCHEMA_LOCK: Final = 0x6D746C73
+
+
+# Settlements in one statement each, whatever their number: arrays, unnested server-side
+# (psycopg would otherwise send one statement per row).
+_SETTLE_MANY: Final = """
+UPDATE mtls_hooks_jobs j SET state = v.state, run_at = COALESCE(v.run_at, j.run_at),
+    attempts = j.attempts + v.counted, tries = j.tries + v.counted,
+    last_error = CASE WHEN v.state = 'done' THEN NULL ELSE COALESCE(v.error, j.last_error) END,
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = %(now)s
+FROM unnest(%(ids)s::text[], %(states)s::text[], %(run_ats)s::float8[], %(counted)s::int[],
+            %(errors)s::text[]) AS v(id, state, run_at, counted, error)
+WHERE j.id = v.id AND j.state = 'running' AND j.lease_owner = %(owner)s"""
+_RECORD_MANY: Final = """
+INSERT INTO mtls_hooks_attempts
+    (job_id, number, started_at, latency_s, outcome, status_code, error, detail, worker)
+SELECT * FROM unnest(%s::text[], %s::int[], %s::float8[], %s::float8[], %s::text[],
+                     %s::int[], %s::text[], %s::text[], %s::text[])"""
 
 
 def describe(url: str) -> str:
@@ -189,6 +207,30 @@ class PostgresQueueStore(SqlQueueStore):
                         yield cursor
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             raise StoreUnavailableError(f"{self._where}: {_first_line(exc)}") from exc
+
+    def _settle_on(
+        self, cursor: Cursor, owner: str, settlements: Sequence[Settlement], now: float
+    ) -> tuple[int, bool]:
+        cursor.execute(
+            _SETTLE_MANY,
+            {
+                "ids": [s.job_id for s in settlements],
+                "states": [SETTLED_STATE[s.kind] for s in settlements],
+                "run_ats": [s.run_at for s in settlements],
+                "counted": [0 if s.kind == "release" else 1 for s in settlements],
+                "errors": [s.error for s in settlements],
+                "owner": owner,
+                "now": now,
+            },
+        )
+        held = max(cursor.rowcount, 0)
+        attempts = [s.attempt for s in settlements if s.attempt is not None]
+        if attempts:
+            cursor.execute(_RECORD_MANY, [list(column) for column in zip(*attempts, strict=True)])
+        wake = any(s.kind == "release" and (s.run_at or 0) <= now for s in settlements)
+        if wake:
+            self._notify(cursor)
+        return held, wake
 
     def _notify(self, cursor: Cursor) -> None:
         cursor.execute(f"SELECT pg_notify('{CHANNEL}', '')")

@@ -25,6 +25,7 @@ import re
 import secrets
 import threading
 import time
+import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
@@ -43,6 +44,7 @@ from mtls_hooks.queue._protocol import (
 __all__ = [
     "EXISTING_SQL",
     "INSERT_SQL",
+    "SETTLED_STATE",
     "Cursor",
     "SqlQueueStore",
     "insert_params",
@@ -77,7 +79,8 @@ WHERE seq IN (
 ) RETURNING {_JOB_COLUMNS}"""
 _DUE_EXPIRED: Final = ("j.state = 'running' AND j.lease_expires_at <= :now", "j.lease_expires_at")
 _DUE_PENDING: Final = ("j.state = 'pending' AND j.run_at <= :now", "j.run_at, j.seq")
-_SETTLED_STATE: Final = {
+_SWEEP_EVERY_S: Final = 1.0
+SETTLED_STATE: Final = {
     "done": "done",
     "failed": "failed",
     "retry": "pending",
@@ -155,14 +158,23 @@ def pyformat(sql: str) -> str:
     return re.sub(r"(?<![:\w]):([a-z_]+)", r"%(\1)s", sql)
 
 
+@functools.lru_cache(maxsize=256)
+def _meta(text: str) -> Mapping[str, Any]:
+    # A queue's jobs share a few meta texts (one per event type): parse each once.
+    return types.MappingProxyType(json.loads(text))
+
+
+_STATES: Final = {state.value: state for state in JobState}
+
+
 def _job(row: Sequence[Any]) -> Job:
     return Job(
         id=row[0],
         queue=row[1],
         target=row[2],
         payload=bytes(row[3]),
-        meta=json.loads(row[4]),
-        state=JobState(row[5]),
+        meta=_meta(row[4]),
+        state=_STATES[row[5]],
         attempts=row[6],
         tries=row[7],
         run_at=row[8],
@@ -230,6 +242,7 @@ class SqlQueueStore:
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._insert_sql = self._sql(INSERT_SQL + self._RETURN_ID)
+        self._next_sweep = 0.0
         self._claim_sql = tuple(
             self._sql(_CLAIM.format(due=due, order=order, lock=self._LOCK_CLAUSE))
             for due, order in (_DUE_EXPIRED, _DUE_PENDING)
@@ -295,15 +308,22 @@ class SqlQueueStore:
         params = {"queue": queue, "owner": owner, "now": now, "expires_at": now + lease_s}
         claimed: list[Job] = []
         wake = False
+        expired_sql, pending_sql = self._claim_sql
+        # Expired leases are swept first once a second (so a busy queue cannot starve a
+        # crashed worker's messages), else only when due messages do not fill the batch.
+        sweep_first = time.monotonic() >= self._next_sweep
         with self._cursor(transaction=bool(settlements)) as cursor:
             if settlements:
                 wake = self._settle_on(cursor, owner, settlements, now)[1]
-            for sql in self._claim_sql:
+            order = (expired_sql, pending_sql) if sweep_first else (pending_sql, expired_sql)
+            for sql in order:
                 left = limit - len(claimed)
                 if left <= 0:
                     break
                 cursor.execute(sql, {**params, "limit": left})
                 claimed += [_job(row) for row in cursor.fetchall()]
+                if sql is expired_sql:
+                    self._next_sweep = time.monotonic() + _SWEEP_EVERY_S
         if wake:
             self._wake_local()
         claimed.sort(key=lambda job: (job.run_at, job.seq))
@@ -336,7 +356,7 @@ class SqlQueueStore:
             {
                 "id": s.job_id,
                 "owner": owner,
-                "state": _SETTLED_STATE[s.kind],
+                "state": SETTLED_STATE[s.kind],
                 "run_at": s.run_at,
                 "counted": 0 if s.kind == "release" else 1,
                 "error": s.error,
