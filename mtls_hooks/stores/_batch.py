@@ -24,19 +24,31 @@ class Batcher(Generic[_T, _R]):
     """Runs ``run(items)`` for the items submitted meanwhile; each caller gets its own result.
 
     ``run`` returns one result per item, in order; if it raises, every caller of that batch
-    gets the exception.
+    gets the exception. A caller cancelled while its item was on its way never sees the
+    result: ``orphaned(item, result)`` gets it instead (to undo a claim nobody will settle).
     """
 
-    __slots__ = ("_flights", "_pending", "_run", "_scheduled", "_tasks", "max_batch", "max_flights")
+    __slots__ = (
+        "_flights",
+        "_orphaned",
+        "_pending",
+        "_run",
+        "_scheduled",
+        "_tasks",
+        "max_batch",
+        "max_flights",
+    )
 
     def __init__(
         self,
         run: Callable[[Sequence[_T]], Awaitable[Sequence[_R]]],
         *,
+        orphaned: Callable[[_T, _R], None] | None = None,
         max_batch: int = 64,
         max_flights: int = 4,
     ) -> None:
         self._run = run
+        self._orphaned = orphaned
         self.max_batch = max_batch
         self.max_flights = max_flights
         self._pending: list[tuple[_T, asyncio.Future[_R]]] = []
@@ -91,9 +103,11 @@ class Batcher(Generic[_T, _R]):
             if not isinstance(exc, Exception):
                 raise
         else:
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():  # a caller cancelled meanwhile
+            for (item, future), result in zip(batch, results, strict=True):
+                if not future.done():
                     future.set_result(result)
+                elif self._orphaned is not None:  # its caller was cancelled meanwhile
+                    self._orphaned(item, result)
         finally:
             self._flights -= 1
             if self._pending:

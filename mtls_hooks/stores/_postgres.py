@@ -29,7 +29,7 @@ import contextlib
 import functools
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Final, Protocol, TypeVar
 
 import psycopg
@@ -190,9 +190,10 @@ class PostgresDedupeStore:
         # This process's claim token per key; complete/release act only on a row bearing it.
         self._tokens: dict[str, int] = {}
         self._claims = 0
-        self._claims_batch = Batcher(self._claim_many)
+        self._claims_batch = Batcher(self._claim_many, orphaned=self._claim_orphaned)
         self._completes_batch = Batcher(self._complete_many)
         self._sweeping: asyncio.Task[int] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -328,6 +329,19 @@ class PostgresDedupeStore:
                 state = ClaimState.IN_FLIGHT
             answers.append(state)
         return answers
+
+    def _claim_orphaned(self, item: tuple[str, int], state: ClaimState) -> None:
+        # The caller was cancelled (its sender hung up) while its claim was on the way: free
+        # the id now rather than leave it blocked until the lease ends.
+        if state is ClaimState.CLAIMED:
+            key, token = item
+            self._tokens[key] = token
+            self._spawn(self.release(key))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def complete(self, key: str) -> None:
         """Mark ``key`` done if this process still holds its claim.
@@ -480,6 +494,8 @@ class PostgresDedupeStore:
         self._closed = True
         await self._claims_batch.aclose()
         await self._completes_batch.aclose()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         sweeping, self._sweeping = self._sweeping, None
         if sweeping is not None and not sweeping.done():
             sweeping.cancel()

@@ -21,6 +21,7 @@ matters, and PostgreSQL where a duplicate run costs money.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -121,7 +122,8 @@ class RedisDedupeStore:
         self._release = self._client.register_script(_RELEASE_LUA)
         # This process's claim value per key; complete/release act only on a key bearing it.
         self._tokens: dict[str, bytes] = {}
-        self._claims_batch = Batcher(self._claim_many)
+        self._claims_batch = Batcher(self._claim_many, orphaned=self._claim_orphaned)
+        self._background: set[asyncio.Task[None]] = set()
         self._completes_batch = Batcher(self._complete_many)
 
     def __repr__(self) -> str:
@@ -189,6 +191,16 @@ class RedisDedupeStore:
             pipe.set(self.prefix + key, token, nx=True, px=self._lease_ms, get=True)
         return list(await self._call(pipe.execute()))
 
+    def _claim_orphaned(self, item: tuple[str, bytes], previous: bytes | None) -> None:
+        # The caller was cancelled (its sender hung up) while its claim was on the way: free
+        # the id now rather than leave it blocked until the lease ends.
+        if previous is None:
+            key, token = item
+            self._tokens[key] = token
+            task = asyncio.get_running_loop().create_task(self.release(key))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
     async def complete(self, key: str) -> None:
         """Mark ``key`` done if this process still holds its claim.
 
@@ -230,6 +242,8 @@ class RedisDedupeStore:
         """Close the client's connections. Idempotent."""
         await self._claims_batch.aclose()
         await self._completes_batch.aclose()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         await self._client.aclose()
         await self._client.connection_pool.disconnect()
 

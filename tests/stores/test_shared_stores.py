@@ -236,3 +236,21 @@ async def test_a_transactional_handler_whose_claim_was_taken_over_commits_nothin
     finally:
         await slow.aclose()
         await other.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_claim_cancelled_on_its_way_is_released(make_shared: StoreFactory) -> None:
+    """A sender that hangs up while its claim is in the database does not block the id."""
+    store, other = make_shared(), make_shared()
+    assert await store.claim("ep warm-up") is CLAIMED  # connected: the next claim goes at once
+    claim = asyncio.ensure_future(store.claim("ep x"))
+    for _ in range(3):  # submitted, then its batch sent: now the view is cancelled
+        await asyncio.sleep(0)
+    claim.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await claim
+    deadline = time.monotonic() + 10
+    while (state := await other.claim("ep x")) is not CLAIMED:
+        assert state is IN_FLIGHT
+        assert time.monotonic() < deadline, "the orphaned claim was never released"
+        await asyncio.sleep(0.02)
