@@ -200,14 +200,18 @@ class ExpiryAlarm:
 
 
 def server_expiries(
-    certfile: str, client_ca: Sequence[str], crl: Sequence[str]
+    certfile: str | None,
+    client_ca: Sequence[str],
+    crl: Sequence[str],
+    *,
+    ca_role: str = "client_ca",
 ) -> Callable[[], list[Expiry]]:
-    """Return a source of the server's dates: its leaf, each client CA, each CRL."""
+    """Return a source of a server's dates: its leaf (if it serves TLS), each CA, each CRL."""
 
     def source() -> list[Expiry]:
-        found = certificate_expiries("server", certfile, leaf_only=True)
+        found = [] if certfile is None else certificate_expiries("server", certfile, leaf_only=True)
         for bundle in client_ca:
-            found += certificate_expiries("client_ca", bundle)
+            found += certificate_expiries(ca_role, bundle)
         found += [crl_expiry(path) for path in crl]
         return found
 

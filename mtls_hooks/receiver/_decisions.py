@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 
 from mtls_hooks.core._identity import PeerIdentity
+from mtls_hooks.metrics._registry import current_metrics
 from mtls_hooks.receiver._responses import problem_response
 
 if TYPE_CHECKING:
@@ -34,6 +35,10 @@ class Refusal(NamedTuple):
     headers: Mapping[str, str] | None = None
 
 
+# RFC 9110 §9 methods: the OpenTelemetry convention labels any other one "_OTHER".
+_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
 _SAFE_LOG_CHARS: Final = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:/+=@"
 )
@@ -70,12 +75,15 @@ class DecisionLog:
     traceback (which never reaches the response).
     """
 
-    __slots__ = ("endpoint", "event_id", "event_type", "peer", "started")
+    __slots__ = ("endpoint", "event_id", "event_type", "method", "peer", "started")
 
-    def __init__(self, endpoint: str, peer: PeerIdentity | None, started: float) -> None:
+    def __init__(
+        self, endpoint: str, peer: PeerIdentity | None, started: float, method: str = "POST"
+    ) -> None:
         self.endpoint = endpoint
         self.peer = peer
         self.started = started
+        self.method = method
         self.event_id: str | None = None
         self.event_type: str | None = None
 
@@ -123,6 +131,19 @@ class DecisionLog:
         reason: str | None,
         exc: Exception | None = None,
     ) -> None:
+        metrics = current_metrics()
+        if metrics is not None:
+            # Label values from fixed vocabularies: a refusal's reason code, an exception
+            # counted as "exception" (its class name stays in the log line), the endpoint's
+            # configured name; never the event id or the peer's subject.
+            metrics.webhook(
+                endpoint=self.endpoint,
+                outcome=outcome,
+                reason=(reason or "none") if exc is None else "exception",
+                method=self.method if self.method in _METHODS else "_OTHER",
+                status=status,
+                seconds=time.perf_counter() - self.started,
+            )
         if not logger.isEnabledFor(level):
             return
         latency_ms = (time.perf_counter() - self.started) * 1000.0

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mtls_hooks.core._tls import HandshakeRefusal
+from mtls_hooks.metrics._registry import current_metrics
 
 __all__ = ["RefusalLog", "format_addr", "log_refusal", "quote"]
 
@@ -174,6 +175,9 @@ class RefusalLog:
         """
         with self._lock:
             self._record(refusal, peer, listener)
+        metrics = current_metrics()
+        if metrics is not None:
+            metrics.handshake("refused", refusal.reason)
 
     def _record(self, refusal: HandshakeRefusal, peer: Any, listener: Any) -> None:
         self.counts[refusal.reason] = self.counts.get(refusal.reason, 0) + 1
