@@ -7,6 +7,9 @@ claim / complete / release protocol of :mod:`mtls_hooks.stores._replay` maps ont
   takes over a row whose lease or retention ended; a live row is left alone and read back as
   done or in flight. The statement is atomic across connections, processes and machines
   (PostgreSQL's unique index arbitrates), and it stamps the row with a random claim token.
+  The claims that arrive during one event-loop turn share the statement (``unnest`` of
+  arrays, keys sorted so that nodes lock rows in one order), and so do the completions: the
+  driver's cost is paid per batch, not per request (:mod:`mtls_hooks.stores._batch`).
 * **complete** / **release** update or delete the row only while it still carries that token:
   a worker whose lease ran out and whose id another node took over cannot mark it done or
   free it.
