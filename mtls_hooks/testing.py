@@ -3,7 +3,8 @@
 Two context managers, both safe under pytest-xdist and ``filterwarnings = error``:
 
 * :func:`running_server` runs :func:`mtls_hooks.serve_async` in a background thread with its
-  own event loop: fast, in-process, and :meth:`ServerHandle.reload` swaps TLS material.
+  own event loop (of the kind ``config.loop`` names): fast, in-process, and
+  :meth:`ServerHandle.reload` swaps TLS material.
 * :func:`running_server_process` runs :func:`mtls_hooks.serve` in a child process (optionally
   with several workers) and stops it by PID: for signals, workers and crash isolation.
 
@@ -93,7 +94,8 @@ def running_server(
 
     Args:
         app: an ASGI application.
-        config: server configuration (``bind`` and ``workers`` are ignored).
+        config: server configuration (``bind`` and ``workers`` are ignored; ``loop`` picks
+            the event loop).
         start_timeout_s: how long to wait for the server to accept connections.
         stop_timeout_s: how long to wait for a graceful stop on exit.
 
@@ -101,13 +103,15 @@ def running_server(
         A :class:`ServerHandle`.
 
     Raises:
-        ConfigurationError: invalid TLS material (raised here, in the caller's thread).
+        ConfigurationError: invalid TLS material, or uvloop asked for and not installed
+            (raised here, in the caller's thread).
         TimeoutError: the server did not start or stop in time.
     """
+    new_loop = config.loop_factory()  # asyncio's or uvloop's, as config.loop says
     material = TLSMaterial(config, on_refusal=log_refusal)  # raises before any thread exists
     sock = _listen_ephemeral()
     port = sock.getsockname()[1]
-    loop = asyncio.new_event_loop()
+    loop = new_loop()
     ready = threading.Event()
     failure: list[BaseException] = []
     stop = asyncio.Event()

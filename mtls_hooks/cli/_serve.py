@@ -20,7 +20,7 @@ _EPILOG = """\
 examples:
   mtls-hooks serve myapp:app --cert server.pem --key server.key --client-ca clients-ca.pem \\
       --pin sha256/AAAA...= --bind 0.0.0.0:8443 --bind [::]:8443
-  mtls-hooks serve myapp:app --config receiver.toml --workers 4 --watch
+  mtls-hooks serve myapp:app --config receiver.toml --workers 4 --watch --loop uvloop
   mtls-hooks serve myapp:app --client-cert-header nginx --trusted-proxy 127.0.0.1/32 \\
       --client-ca clients-ca.pem --pin sha256/AAAA...= --bind 127.0.0.1:8080
 
@@ -77,6 +77,11 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--workers", type=int, metavar="N", help="worker processes")
     parser.add_argument(
+        "--loop",
+        metavar="LOOP",
+        help="event loop of each worker: asyncio (default) or uvloop (the 'uvloop' extra)",
+    )
+    parser.add_argument(
         "--watch",
         dest="watch_files",
         action="store_const",
@@ -130,6 +135,7 @@ _OVERRIDES = (
     "allow_any_client",
     "bind",
     "workers",
+    "loop",
     "watch_files",
     "log_level",
     "client_cert_header",

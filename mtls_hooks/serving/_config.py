@@ -10,12 +10,13 @@ Precedence when layers are merged with :meth:`ServerConfig.load`: CLI > environm
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import os
 import ssl
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,9 @@ from mtls_hooks.core._tls import (
 )
 from mtls_hooks.proxy._settings import UNIX_BIND_PREFIX, check_proxy_settings
 
-__all__ = ["SERVER_NAMES", "ServerConfig", "env_settings", "parse_bind"]
+__all__ = ["LOOPS", "SERVER_NAMES", "ServerConfig", "env_settings", "parse_bind"]
 
+LOOPS = ("asyncio", "uvloop")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # hypercorn spellings that would turn on QUIC: refused by name, never "unknown".
 _HTTP3_KEYS = frozenset({"quic_bind", "http3", "h3", "enable_http3"})
@@ -84,6 +86,8 @@ class ServerConfig:
         allow_any_client: admit every client the CA vouches for (explicit opt-in).
         bind: listen addresses, ``"127.0.0.1:8443"`` or ``"[::1]:8443"``.
         workers: worker processes; each enforces every guarantee.
+        loop: each worker's event loop: ``"asyncio"`` (the default) or ``"uvloop"`` (the
+            ``uvloop`` extra).
         handshake_timeout_s: TLS handshake deadline.
         keep_alive_timeout_s: idle keep-alive connections are closed after this.
         read_timeout_s: a connection that sends nothing for this long is closed.
@@ -121,6 +125,7 @@ class ServerConfig:
     allow_any_client: bool = False
     bind: tuple[str, ...] = ("127.0.0.1:8443",)
     workers: int = 1
+    loop: str = "asyncio"
     handshake_timeout_s: float = 10.0
     keep_alive_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
@@ -158,6 +163,7 @@ class ServerConfig:
             raise ConfigurationError(f"workers must be an integer, got {self.workers!r}")
         if self.workers < 1:
             raise ConfigurationError(f"workers must be >= 1, got {self.workers}")
+        self.loop_factory()  # an unknown loop, or uvloop not installed, fails here
         if not self.bind:
             raise ConfigurationError("bind needs at least one address")
         for bind in self.bind:
@@ -194,6 +200,27 @@ class ServerConfig:
     def serves_tls(self) -> bool:
         """True unless this is proxy mode over plain HTTP."""
         return not self.proxy_mode or self.proxy_listener != "http"
+
+    def loop_factory(self) -> Callable[[], asyncio.AbstractEventLoop]:
+        """Return the constructor of the event loop named by ``loop``.
+
+        Raises:
+            ConfigurationError: an unknown loop name, or ``"uvloop"`` without uvloop.
+        """
+        if self.loop == "asyncio":
+            return asyncio.new_event_loop
+        if self.loop != "uvloop":
+            raise ConfigurationError(
+                f"loop must be one of {', '.join(LOOPS)}, got {self.loop!r}"
+                f"{did_you_mean(str(self.loop), LOOPS)}"
+            )
+        try:
+            import uvloop
+        except ImportError as exc:
+            raise ConfigurationError(
+                "loop 'uvloop' needs uvloop: pip install 'mtls-hooks[uvloop]'"
+            ) from exc
+        return uvloop.new_event_loop
 
     def _validate_proxy(self) -> None:
         check_proxy_settings(

@@ -376,7 +376,23 @@ def _abort_stragglers(hc: _MtlsHypercornConfig) -> None:
     for sock in list(hc.connections.values()):
         if sock is not None:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                _shutdown_socket(sock)
+
+
+def _shutdown_socket(sock: Any) -> None:
+    if isinstance(sock, socket.socket):
+        sock.shutdown(socket.SHUT_RDWR)
+        return
+    # uvloop's transport sockets (PseudoSocket) refuse shutdown() with a TypeError: borrow
+    # the descriptor in a socket object, shut it down, and give it back without closing it.
+    fd = sock.fileno()
+    if fd < 0:  # the connection is already closed
+        return
+    borrowed = socket.socket(sock.family, sock.type, sock.proto, fileno=fd)
+    try:
+        borrowed.shutdown(socket.SHUT_RDWR)
+    finally:
+        borrowed.detach()
 
 
 def _in_main_thread() -> bool:

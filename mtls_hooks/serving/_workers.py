@@ -3,7 +3,8 @@
 With ``workers > 1`` the parent binds the listening sockets once and spawns the workers
 (``multiprocessing`` *spawn* context: no forked event loop or OpenSSL state), each running
 the asyncio server on the shared sockets with its own TLS material, SIGHUP reload and file
-watch. The parent forwards SIGHUP to every worker by PID, turns SIGINT/SIGTERM into a
+watch, in the event loop ``config.loop`` names (asyncio's, or uvloop's). The parent
+forwards SIGHUP to every worker by PID, turns SIGINT/SIGTERM into a
 graceful shutdown, and reports a worker that died on its own as a failure.
 
 A worker is born with SIGHUP blocked and unblocks it once its reload handler is installed:
@@ -25,7 +26,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from types import FrameType
 from typing import Any
 
@@ -33,7 +34,7 @@ from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.serving._config import ServerConfig
 from mtls_hooks.serving._serving import create_sockets, serve_async
 
-__all__ = ["load_app", "serve"]
+__all__ = ["load_app", "run_in_loop", "serve"]
 
 logger = logging.getLogger("mtls_hooks.serve")
 ReadyCallback = Callable[[tuple[int, ...]], None]
@@ -73,6 +74,20 @@ def _spec_of(app: Any) -> str:
     )
 
 
+def run_in_loop(config: ServerConfig, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main()`` to completion in a new event loop of the kind ``config.loop`` names.
+
+    As :func:`asyncio.run` (which takes no loop factory before Python 3.12): the loop's
+    async generators and default executor are shut down, and the loop closed, at the end.
+
+    Raises:
+        ConfigurationError: an unknown loop, or uvloop not installed.
+    """
+    factory = config.loop_factory()  # before the coroutine exists: nothing left un-awaited
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
+
+
 def serve(
     app: Any,
     config: ServerConfig,
@@ -100,6 +115,7 @@ def serve(
         logging.basicConfig(
             level=config.log_level, format="%(asctime)s [%(process)d] %(name)s %(message)s"
         )
+    config.loop_factory()  # uvloop missing: one line here, not one per worker
     with _sighup_held() as release:
         if config.workers == 1:
             target = load_app(app) if isinstance(app, str) else app
@@ -109,7 +125,7 @@ def serve(
                 if ready is not None:
                     ready((os.getpid(),))
 
-            asyncio.run(serve_async(target, config, sockets=sockets, ready=_ready))
+            run_in_loop(config, lambda: serve_async(target, config, sockets=sockets, ready=_ready))
             return 0
         if threading.current_thread() is not threading.main_thread():
             raise ConfigurationError("serve() with workers > 1 must run in the main thread")
@@ -166,7 +182,7 @@ def _worker_main(
         ready.send(os.getpid())
         ready.close()
 
-    asyncio.run(serve_async(app, config, sockets=sockets, ready=_ready))
+    run_in_loop(config, lambda: serve_async(app, config, sockets=sockets, ready=_ready))
 
 
 def _start_worker(
