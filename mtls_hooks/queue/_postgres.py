@@ -7,6 +7,9 @@
 * ``LISTEN`` needs a session connection: the listener runs on a dedicated connection of its
   own in a thread, never on a pooled one (a transaction pooler such as PgBouncer would drop
   it between transactions). Workers poll as well; a notification is only a wake-up.
+* Workers' own transactions (claim, renew, settle) commit with ``synchronous_commit = off``:
+  a database crash can lose the last few, which only repeats deliveries (see ``_relax``);
+  an enqueue always waits for its commit to be on disk.
 * Every statement works with ``prepare_threshold=None`` (no server-side prepared statements),
   which PgBouncer's transaction mode needs; pass it when a pooler sits in between.
 """
@@ -129,6 +132,8 @@ class PostgresQueueStore(SqlQueueStore):
 
     _LOCK_CLAUSE = " FOR UPDATE OF j SKIP LOCKED"
     _ROW_LOCK = " FOR UPDATE"
+    # In a transaction, so that its commit can skip the disk wait (see _relax).
+    _CLAIM_IN_TRANSACTION = True
     _RETURN_ID = f" RETURNING id, pg_notify('{CHANNEL}', queue)"
 
     def __init__(
@@ -231,6 +236,10 @@ class PostgresQueueStore(SqlQueueStore):
         if wake:
             self._notify(cursor)
         return held, wake
+
+    def _relax(self, cursor: Cursor) -> None:
+        # Local to the transaction: the pooled connection keeps durable commits for enqueues.
+        cursor.execute("SET LOCAL synchronous_commit = off")
 
     def _notify(self, cursor: Cursor) -> None:
         cursor.execute(f"SELECT pg_notify('{CHANNEL}', '')")

@@ -237,6 +237,7 @@ class SqlQueueStore:
     url: str
     _LOCK_CLAUSE: str = ""  # appended to the claim's inner SELECT
     _ROW_LOCK: str = ""  # appended to a read-then-write of one target row
+    _CLAIM_IN_TRANSACTION: bool = False  # a claim alone runs in autocommit
     _RETURN_ID: str = ""  # what the insert returns; PostgreSQL sends its NOTIFY there
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
@@ -258,6 +259,15 @@ class SqlQueueStore:
     def _cursor(self, *, transaction: bool) -> contextlib.AbstractContextManager[Cursor]:
         """A cursor in autocommit, or in a transaction committed on exit."""
         raise NotImplementedError
+
+    def _relax(self, cursor: Cursor) -> None:
+        """Let a worker's transaction (claim, renew, settle) commit without waiting for disk.
+
+        Losing one in a database crash only repeats work the guarantees already allow: a
+        lost claim or renewal is a lease that ends early, a lost settlement a message
+        delivered again (at least once, deduped by its webhook-id). Enqueues and operators'
+        changes never relax.
+        """
 
     def _notify(self, cursor: Cursor) -> None:
         """Tell workers, within the writing transaction, that jobs became claimable."""
@@ -312,7 +322,8 @@ class SqlQueueStore:
         # Expired leases are swept first once a second (so a busy queue cannot starve a
         # crashed worker's messages), else only when due messages do not fill the batch.
         sweep_first = time.monotonic() >= self._next_sweep
-        with self._cursor(transaction=bool(settlements)) as cursor:
+        with self._cursor(transaction=bool(settlements) or self._CLAIM_IN_TRANSACTION) as cursor:
+            self._relax(cursor)
             if settlements:
                 wake = self._settle_on(cursor, owner, settlements, now)[1]
             order = (expired_sql, pending_sql) if sweep_first else (pending_sql, expired_sql)
@@ -336,6 +347,7 @@ class SqlQueueStore:
         expires_at = self._clock() + lease_s
         rows = [{"id": job_id, "owner": owner, "expires_at": expires_at} for job_id in job_ids]
         with self._cursor(transaction=True) as cursor:
+            self._relax(cursor)
             cursor.executemany(self._sql(_RENEW), rows)
             return max(cursor.rowcount, 0)
 
@@ -344,6 +356,7 @@ class SqlQueueStore:
         if not settlements:
             return 0
         with self._cursor(transaction=True) as cursor:
+            self._relax(cursor)
             held, wake = self._settle_on(cursor, owner, settlements, self._clock())
         if wake:
             self._wake_local()
