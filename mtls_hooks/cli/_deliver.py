@@ -14,6 +14,7 @@ import signal
 from typing import Any
 
 from mtls_hooks.cli._outbox import store_argument
+from mtls_hooks.core._errors import ConfigurationError
 
 __all__ = ["add_parser", "run"]
 
@@ -58,13 +59,16 @@ def run(args: argparse.Namespace) -> int:
         0 after a clean stop.
 
     Raises:
-        ConfigurationError: a bad store URL or number.
+        ConfigurationError: a bad store URL, number or log level.
         StoreUnavailableError: the store cannot be reached at start.
     """
     from mtls_hooks.outbox._worker import DeliveryWorker
 
+    level = logging.getLevelName(args.log_level.upper())
+    if not isinstance(level, int):
+        raise ConfigurationError(f"unknown log level {args.log_level!r}: DEBUG, INFO, WARNING, ...")
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=level,
         format="%(asctime)s [%(process)d] %(levelname)s %(name)s %(message)s",
     )
     worker = DeliveryWorker(

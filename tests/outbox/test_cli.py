@@ -103,6 +103,8 @@ def test_operator_round_trip(
             id="key-text",
         ),
         pytest.param(["deliver", "--store", "sqlite:///"], "needs a file path", id="deliver"),
+        pytest.param(["deliver", "{store}", "--log-level", "LOUD"], "log level", id="log-level"),
+        pytest.param(["deliver", "{store}", "--concurrency", "0"], "concurrency", id="zero"),
     ],
 )
 def test_errors_are_one_line(
