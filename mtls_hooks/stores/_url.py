@@ -6,7 +6,8 @@ URL                                        store
 ``memory:``                                :class:`MemoryDedupeStore`: one process
 ``sqlite:////var/lib/hooks/dedupe.db``     :class:`SQLiteDedupeStore`: one machine;
 ``sqlite:///dedupe.db``                    three slashes, then the path as written (four
-                                           for an absolute one, as in SQLAlchemy)
+                                           for an absolute one, as in SQLAlchemy);
+                                           ``?synchronous=full`` fsyncs every batch
 ``postgresql://user@db:5432/hooks``        :class:`PostgresDedupeStore`: every machine,
                                            the system of record (``postgres://`` too)
 ``redis://cache:6379/0``, ``rediss://``    :class:`RedisDedupeStore`: every machine, fast,
@@ -23,6 +24,7 @@ import urllib.parse
 from typing import Any, Final
 
 from mtls_hooks.core._errors import ConfigurationError
+from mtls_hooks.core._suggest import did_you_mean
 from mtls_hooks.stores._names import DEFAULT_NAMESPACE, redact_url
 from mtls_hooks.stores._replay import (
     DEFAULT_LEASE_S,
@@ -36,6 +38,8 @@ from mtls_hooks.stores._replay import (
 __all__ = ["SCHEMES", "open_dedupe_store"]
 
 SCHEMES: Final = ("memory", "sqlite", "postgresql", "postgres", "redis", "rediss")
+# Query options of a sqlite:/// URL, passed to SQLiteDedupeStore.
+_SQLITE_OPTIONS: Final = ("synchronous",)
 
 
 def open_dedupe_store(
@@ -81,7 +85,13 @@ def open_dedupe_store(
             raise ConfigurationError(f"dedupe URL {url!r}: 'memory:' takes no path")
         return MemoryDedupeStore(retention_s=retention_s, lease_s=lease_s, max_entries=max_entries)
     if scheme == "sqlite":
-        return SQLiteDedupeStore(_sqlite_path(url), retention_s=retention_s, lease_s=lease_s)
+        path, options = _sqlite_path(url)
+        return SQLiteDedupeStore(
+            path,
+            retention_s=retention_s,
+            lease_s=lease_s,
+            synchronous=options.get("synchronous", "normal"),
+        )
     store: Any
     if scheme in ("postgresql", "postgres"):
         module = _import("mtls_hooks.stores._postgres", "postgres", "psycopg")
@@ -98,16 +108,24 @@ def open_dedupe_store(
     return store  # type: ignore[no-any-return]
 
 
-def _sqlite_path(url: str) -> str:
+def _sqlite_path(url: str) -> tuple[str, dict[str, str]]:
+    """Split ``sqlite:///path?synchronous=full`` into the path and the store's options."""
     parts = urllib.parse.urlsplit(url)
-    if parts.netloc or not url.lower().startswith("sqlite:///") or parts.query:
+    if parts.netloc or not url.lower().startswith("sqlite:///"):
         raise ConfigurationError(
             f"dedupe URL {url!r} must be sqlite:///path (three slashes, no host)"
         )
-    path = urllib.parse.unquote(url[len("sqlite:///") :])
+    path = urllib.parse.unquote(url[len("sqlite:///") :].partition("?")[0])
     if not path:
         raise ConfigurationError(f"dedupe URL {url!r} names no file")
-    return path
+    options = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    for name in options:
+        if name not in _SQLITE_OPTIONS:
+            raise ConfigurationError(
+                f"dedupe URL {url!r}: unknown option {name!r}"
+                f"{did_you_mean(name, _SQLITE_OPTIONS, cutoff=0.5)}"
+            )
+    return path, options
 
 
 def _import(module: str, extra: str, library: str) -> Any:
