@@ -11,20 +11,17 @@ send bytes and loop with tenacity.
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import ipaddress
+import http.cookiejar
 import json
 import math
-import re
 import ssl
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple, TypeVar
-from urllib.parse import urlsplit
+from typing import Any, NamedTuple, TypeVar
 
 import httpx
-import idna
 import tenacity
 from tenacity.stop import stop_base
 
@@ -43,6 +40,7 @@ from mtls_hooks.core._tls import PathLike, create_client_context
 from mtls_hooks.sender._outcomes import ANSWER_KEEP_BYTES, classify_exception, classify_status
 from mtls_hooks.sender._results import Attempt, DeliveryResult, redact_url
 from mtls_hooks.sender._retry import AttemptFailed, RetryPolicy, stop_before_deadline
+from mtls_hooks.sender._urls import url_problem
 
 __all__ = ["WebhookMessage"]
 
@@ -67,6 +65,24 @@ class WebhookMessage(NamedTuple):
             f"WebhookMessage(url={redact_url(self.url)!r}, payload={self.payload!r}, "
             f"event_type={self.event_type!r}, webhook_id={self.webhook_id!r})"
         )
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """A jar that keeps no cookie and sends none: a receiver's cookies must not follow us.
+
+    Its policy refuses every domain; its two entry points also return at once, which skips
+    what the jar does per request: httpx hands it the answer's headers as a new
+    ``email.message.Message`` and both calls take the jar's lock.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+
+    def add_cookie_header(self, request: urllib.request.Request) -> None:
+        return
+
+    def extract_cookies(self, response: Any, request: urllib.request.Request) -> None:
+        return
 
 
 class _RecordingStop(stop_base):
@@ -94,78 +110,6 @@ class _Delivery:
     deadline_stop: stop_before_deadline | None = None  # made only when a retry is needed
     stop: _RecordingStop | None = None
     attempts: list[Attempt] = field(default_factory=list)
-
-
-_IPV4_LIKE: Final = re.compile(r"[0-9]+(?:\.[0-9]+){3}")
-_HOST_LABEL: Final = re.compile(r"[a-z0-9_-]{1,63}")  # urlsplit lower-cases the host
-
-
-def _host_problem(host: str) -> str | None:
-    """Say why neither twin could connect to ``host``, or return ``None``.
-
-    The twins' libraries refuse such hosts with their own exceptions, or worse, take them
-    to DNS and retry a connect error until the deadline: httpx encodes a name with IDNA
-    2008 (the ``idna`` package, its dependency and yarl's) and decodes ``xn--`` labels;
-    the socket module encodes with the ``idna`` codec, which refuses an empty or long label.
-    """
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    else:
-        return None
-    if ":" in host:
-        return "is not an IPv6 address"
-    if _IPV4_LIKE.fullmatch(host):
-        return "is not an IPv4 address"
-    name = host.removesuffix(".")  # one trailing dot: a fully qualified name
-    if not name.isascii():
-        try:
-            name = idna.encode(name).decode("ascii")
-        except ValueError as exc:  # idna.IDNAError is a UnicodeError
-            return f"is not an internationalised domain name ({exc})"
-    if len(name) > 253:
-        return "is longer than the 253 characters of a DNS name"
-    for label in name.split("."):
-        if not _HOST_LABEL.fullmatch(label):
-            return "needs labels of 1 to 63 letters, digits, '-' or '_', between single dots"
-        if label.startswith("xn--"):
-            try:
-                idna.decode(label)
-            except ValueError as exc:
-                return f"has a malformed punycode label {label!r} ({exc})"
-    return None
-
-
-@functools.lru_cache(maxsize=1024)  # senders post to few URLs, many times
-def _url_problem(url: str) -> str | None:
-    """Say what makes ``url`` unfit for a webhook, or return ``None`` when it is fit.
-
-    Userinfo is allowed (the HTTP libraries send it as Basic auth); no message shows its
-    password.
-    """
-    shown = redact_url(url)
-    if not url.isprintable():
-        # httpx refuses control characters with InvalidURL, encoding fails on a lone
-        # surrogate, and a CR LF must never reach a request line.
-        return f"webhook URL {shown!r} holds a control or unprintable character"
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises ValueError on a non-numeric or out-of-range port
-    except ValueError as exc:
-        return f"webhook URL {shown!r} is malformed: {exc}"
-    if parts.scheme != "https" or not parts.hostname:
-        return f"webhook URL must be https://host/...: {shown!r}"
-    host_problem = _host_problem(parts.hostname)
-    if host_problem is not None:
-        return f"webhook URL {shown!r}: host {parts.hostname!r} {host_problem}"
-    # "https://host:/x": urlsplit and httpx both read an empty port as the default, 443,
-    # which silently sends elsewhere than a URL with a lost port number meant.
-    if parts.netloc.endswith(":"):
-        return f"webhook URL {shown!r} has an empty port: give one (https://host:8443/...) or none"
-    if port == 0:
-        return f"webhook URL {shown!r}: port 0 cannot be connected to"
-    return None
 
 
 class _SenderBase:
@@ -273,6 +217,7 @@ class _SenderBase:
             "http2": self.http2,
             "follow_redirects": False,  # Standard Webhooks: a 3xx is a failure
             "trust_env": False,  # no proxy or CA from the environment behind the caller's back
+            "cookies": _NoCookies(),
             "timeout": self.retry.attempt_timeout_s,
             # The constant headers live on the client, set once: httpx merges a request's
             # headers into them, and each one given per request that is also a client
@@ -298,7 +243,7 @@ class _SenderBase:
     ) -> _Delivery:
         if self._closed:
             raise ConfigurationError(f"{type(self).__name__} is closed")
-        problem = _url_problem(url)
+        problem = url_problem(url)
         if problem is not None:
             raise ConfigurationError(problem)
         if isinstance(payload, (bytes, bytearray, memoryview)):  # a tuple: ~3x a union's speed
@@ -454,7 +399,7 @@ class _SenderBase:
         """Turn the last failed try into one of our errors, with the full result attached.
 
         A URL the HTTP library refused (``kind == "url"``, never retried) is a
-        ``ConfigurationError``, as if ``_url_problem`` had caught it: nothing was sent.
+        ``ConfigurationError``, as if ``url_problem`` had caught it: nothing was sent.
         """
         if failure.kind == "url":
             shown = redact_url(delivery.url)

@@ -7,11 +7,9 @@ budget (attempt timeout and deadline) bounds every blocking step, not each read 
 from __future__ import annotations
 
 import concurrent.futures
-import http.cookiejar
 import time
-import urllib.request
 from collections.abc import Iterable
-from typing import Any, Self
+from typing import Self
 
 import httpx
 import tenacity
@@ -23,24 +21,6 @@ from mtls_hooks.sender._results import DeliveryResult
 from mtls_hooks.sender._retry import AttemptFailed
 
 __all__ = ["WebhookSender"]
-
-
-class _NoCookies(http.cookiejar.CookieJar):
-    """A jar that keeps no cookie and sends none: a receiver's cookies must not follow us.
-
-    Its policy refuses every domain; its two entry points also return at once, which skips
-    what the jar does per request: httpx hands it the answer's headers as a new
-    ``email.message.Message`` and both calls take the jar's lock.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-
-    def add_cookie_header(self, request: urllib.request.Request) -> None:
-        return
-
-    def extract_cookies(self, response: Any, request: urllib.request.Request) -> None:
-        return
 
 
 class WebhookSender(_SenderBase):
@@ -68,7 +48,6 @@ class WebhookSender(_SenderBase):
         self._client = httpx.Client(
             **options,
             transport=transport,
-            cookies=_NoCookies(),
         )
 
     def send(

@@ -18,13 +18,26 @@ from mtls_hooks.sender._async import AsyncWebhookSender
 from mtls_hooks.sender._results import DeliveryResult
 from mtls_hooks.sender._sync import WebhookSender
 from tests.sender.conftest import KINDS, SECRET, SenderPki
-from tests.sender.scripted import ScriptedServer, Status
+from tests.sender.scripted import Action, ScriptedServer, Status
 
 Serve = Callable[..., ScriptedServer]
 
 
+# The async twin over httpx too (http2=True; HTTP/1.1 here: the scripted server offers only
+# http/1.1 by ALPN).
+PATHS = [*KINDS, pytest.param("async-httpx", id="async-httpx")]
+
+
+def _http1_server(serve: Serve, pki: SenderPki, script: list[Action]) -> ScriptedServer:
+    context = pki.server_context()
+    context.set_alpn_protocols(["http/1.1"])  # the scripted server speaks HTTP/1.1 only
+    return serve(script, context)
+
+
 def _send_twice(kind: str, kwargs: dict[str, Any], url: str) -> list[DeliveryResult]:
     """Two deliveries through one sender (one pooled connection)."""
+    if kind == "async-httpx":
+        kwargs = {**kwargs, "http2": True}
     if kind == "sync":
         with WebhookSender(**kwargs) as sender:
             return [sender.send(url, {"n": n}) for n in range(2)]
@@ -36,11 +49,11 @@ def _send_twice(kind: str, kwargs: dict[str, Any], url: str) -> list[DeliveryRes
     return asyncio.run(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", PATHS)
 def test_constant_headers_and_signature_on_every_request(
     kind: str, pki: SenderPki, serve: Serve
 ) -> None:
-    server = serve([Status(200), Status(200)])
+    server = _http1_server(serve, pki, [Status(200), Status(200)])
     # A caller's header named like a signature header must not replace the signature's.
     extra = {"X-Tenant": "acme", "Webhook-Id": "msg_forged", "Webhook-Signature": "v1,forged"}
     kwargs = {"signing_keys": SECRET, **pki.client(), "headers": extra}
@@ -58,9 +71,10 @@ def test_constant_headers_and_signature_on_every_request(
     assert results[0].webhook_id != results[1].webhook_id
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", PATHS)
 def test_a_receivers_cookie_never_comes_back(kind: str, pki: SenderPki, serve: Serve) -> None:
-    server = serve([Status(200, headers={"set-cookie": "sid=s3cret; Path=/"}), Status(200)])
+    cookie = Status(200, headers={"set-cookie": "sid=s3cret; Path=/"})
+    server = _http1_server(serve, pki, [cookie, Status(200)])
     # A host name: aiohttp's default cookie jar already ignores cookies of an IP address.
     url = server.url().replace("127.0.0.1", "localhost")
     results = _send_twice(kind, {"signing_keys": SECRET, **pki.client()}, url)

@@ -12,9 +12,10 @@ import pytest
 
 from mtls_hooks.cli._main import main
 from mtls_hooks.core._errors import ConfigurationError, EndpointGoneError, StatusError
-from mtls_hooks.sender._base import WebhookMessage, _url_problem
+from mtls_hooks.sender._base import WebhookMessage
 from mtls_hooks.sender._outcomes import classify_exception
 from mtls_hooks.sender._results import redact_url
+from mtls_hooks.sender._urls import url_problem
 from tests.sender.conftest import KINDS, SECRET, FakeTime, SenderPki, deliver, exact_kwargs
 from tests.sender.scripted import ScriptedServer, Status
 
@@ -63,7 +64,7 @@ def test_unusable_url_is_a_configuration_error(
     ],
 )
 def test_usable_urls_pass(url: str) -> None:
-    assert _url_problem(url) is None
+    assert url_problem(url) is None
 
 
 @pytest.mark.parametrize(
@@ -75,7 +76,7 @@ def test_usable_urls_pass(url: str) -> None:
     ],
 )
 def test_a_url_the_library_refuses_is_final(exc: Exception) -> None:
-    # The boundary behind _url_problem: never retried, raised as a ConfigurationError.
+    # The boundary behind url_problem: never retried, raised as a ConfigurationError.
     failure = classify_exception(exc, trust="the CA")
     assert (failure.kind, failure.retryable) == ("url", False)
     assert "TOPSECRET" not in str(failure)
@@ -112,7 +113,7 @@ def test_redact_url(text: str, shown: str) -> None:
     ],
 )
 def test_url_problems_never_show_the_password(url: str) -> None:
-    problem = _url_problem(url)
+    problem = url_problem(url)
     assert problem is not None
     assert "alice:***@" in problem
     assert PASSWORD not in problem
