@@ -89,6 +89,11 @@ def add_parser(subparsers: Any) -> None:
         help="reload when certificate, key, CA, CRL or config files change",
     )
     parser.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ...")
+    parser.add_argument(
+        "--metrics-bind",
+        metavar="ADDR",
+        help="serve Prometheus metrics at http://ADDR/metrics (its own port; default off)",
+    )
     proxy = parser.add_argument_group(
         "behind a TLS-terminating proxy",
         "the proxy forwards the client certificate in a header; it is read only from "
@@ -138,6 +143,7 @@ _OVERRIDES = (
     "loop",
     "watch_files",
     "log_level",
+    "metrics_bind",
     "client_cert_header",
     "trusted_proxies",
     "proxy_listener",

@@ -108,6 +108,11 @@ class ServerConfig:
             ``proxy_pins``).
         proxy_ca: CA bundles of the proxy's own client certificate (``mtls`` listener).
         proxy_pins: SPKI pins or fingerprints of the proxy (``mtls`` listener).
+        metrics_bind: ``host:port`` of the Prometheus listener (``GET /metrics``, plain
+            HTTP, never on an mTLS port); ``None`` (the default) records nothing.
+        expiry_warn_days: log a WARNING when a configured certificate or CRL expires
+            within this many days (at start-up, then daily).
+        expiry_error_days: log an ERROR within this many days, or once expired.
         config_file: the TOML file this config came from; re-read on every reload.
 
     Raises:
@@ -140,6 +145,9 @@ class ServerConfig:
     proxy_listener: str = "http"
     proxy_ca: tuple[str, ...] = ()
     proxy_pins: tuple[str, ...] = ()
+    metrics_bind: str | None = None
+    expiry_warn_days: float = 30.0
+    expiry_error_days: float = 7.0
     config_file: str | None = None
     # The env and CLI layers a file-backed config was merged with, so that a reload
     # re-reads the file without losing the higher-precedence layers.
@@ -184,11 +192,28 @@ class ServerConfig:
                 raise ConfigurationError(f"{name} must be >= 1")
         if self.log_level.upper() not in _LOG_LEVELS:
             raise ConfigurationError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
+        self._validate_metrics()
         if self.peer_policy().is_empty:
             raise ConfigurationError(
                 "no client would be admitted: add a pin (--pin / pins), an identity rule "
                 "(--allow-san / allow), or set allow_any_client = true to admit every client "
                 "the CA vouches for"
+            )
+
+    def _validate_metrics(self) -> None:
+        if self.metrics_bind is not None:
+            if self.metrics_bind.startswith(UNIX_BIND_PREFIX):
+                raise ConfigurationError("metrics_bind must be host:port, not a Unix socket")
+            if self.metrics_bind in self.bind:
+                raise ConfigurationError(
+                    f"metrics_bind {self.metrics_bind} is a serving address: metrics need a "
+                    "listener of their own, never the mTLS port"
+                )
+            parse_bind(self.metrics_bind)
+        if not 0 <= self.expiry_error_days <= self.expiry_warn_days:
+            raise ConfigurationError(
+                "expiry_error_days must be >= 0 and <= expiry_warn_days "
+                f"(got {self.expiry_error_days:g} and {self.expiry_warn_days:g})"
             )
 
     @property
@@ -445,6 +470,8 @@ _FLOAT_KEYS = frozenset(
         "read_timeout_s",
         "graceful_timeout_s",
         "watch_interval_s",
+        "expiry_warn_days",
+        "expiry_error_days",
     }
 )
 _PUBLIC_KEYS = tuple(f.name for f in dataclasses.fields(ServerConfig) if not f.name.startswith("_"))

@@ -32,6 +32,7 @@ from typing import Any
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.serving._config import ServerConfig
+from mtls_hooks.serving._observe import metrics_listener, worker_metrics
 from mtls_hooks.serving._serving import create_sockets, serve_async
 
 __all__ = ["load_app", "run_in_loop", "serve"]
@@ -116,7 +117,7 @@ def serve(
             level=config.log_level, format="%(asctime)s [%(process)d] %(name)s %(message)s"
         )
     config.loop_factory()  # uvloop missing: one line here, not one per worker
-    with _sighup_held() as release:
+    with _sighup_held() as release, metrics_listener(config):
         if config.workers == 1:
             target = load_app(app) if isinstance(app, str) else app
 
@@ -165,6 +166,7 @@ def _worker_main(
     config: ServerConfig,
     sockets: list[socket.socket],
     ready: multiprocessing.connection.Connection,
+    index: int = 0,
 ) -> None:
     # SIGHUP is already blocked since the spawn (see _start_worker); blocked here too, first
     # of all, in case a start method did not carry the parent's signal mask over.
@@ -173,6 +175,7 @@ def _worker_main(
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s [%(process)d] %(name)s %(message)s"
     )
+    worker_metrics(config)  # before the app: its imports must not fix the metric store first
     app = load_app(spec)
 
     def _ready() -> None:
@@ -182,7 +185,11 @@ def _worker_main(
         ready.send(os.getpid())
         ready.close()
 
-    run_in_loop(config, lambda: serve_async(app, config, sockets=sockets, ready=_ready))
+    # One worker checks certificate expiry, so each warning is logged once, not N times.
+    run_in_loop(
+        config,
+        lambda: serve_async(app, config, sockets=sockets, ready=_ready, expiry_alarm=index == 0),
+    )
 
 
 def _start_worker(
@@ -191,7 +198,9 @@ def _start_worker(
     """Spawn one worker and add it to ``workers``; return the pipe it reports readiness on."""
     reader: multiprocessing.connection.Connection
     reader, writer = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_worker_main, args=(spec, config, sockets, writer), daemon=False)
+    proc = ctx.Process(
+        target=_worker_main, args=(spec, config, sockets, writer, len(workers)), daemon=False
+    )
     # The signal mask survives fork and exec (sigprocmask(2), execve(2)): the worker starts
     # with SIGHUP blocked, so a SIGHUP that arrives before its handler exists cannot kill it
     # (https://man7.org/linux/man-pages/man7/signal.7.html, "Signal mask and pending
