@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -31,7 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -133,29 +134,31 @@ def _ours(outbox: Outbox, n: int) -> float:
 
 
 def enqueue_ratios(pki: BenchPki, tmp: Path, n: int, rounds: int) -> dict[str, list[float]]:
-    """Per round: ours / bare for each store."""
+    """Per chunk: ours / bare for each store, in short alternating chunks.
+
+    The machine's load drifts over seconds; chunks of ``n // 5`` enqueues, bare and ours
+    in turn, put each ratio's two sides next to each other in time.
+    """
     ratios: dict[str, list[float]] = {}
-    rates: dict[str, list[tuple[float, float]]] = {}
     keys = tmp / "keys.txt"
-    for rnd in range(rounds):
-        for mode in ("full", "normal"):
-            path = tmp / f"enqueue-{mode}-{rnd}.sqlite3"
-            with Outbox(f"sqlite:///{path}?synchronous={mode}") as outbox:
-                outbox.add_endpoint(_endpoint(pki, "https://localhost:1/", keys))
-                outbox.enqueue("bench", PAYLOAD, event_type="warm")
-                bare = _bare_sqlite(path, mode, n)
-                ours = _ours(outbox, n)
-            rates.setdefault(f"sqlite-{mode}", []).append((ours, bare))
-        with _pg_schema() as url, Outbox(url) as outbox:
-            outbox.add_endpoint(_endpoint(pki, "https://localhost:1/", keys))
-            outbox.enqueue("bench", PAYLOAD, event_type="warm")
-            bare = _bare_pg(url, n)
-            ours = _ours(outbox, n)
-            rates.setdefault("postgresql", []).append((ours, bare))
-    for name, pairs in rates.items():
+    chunk = max(1, n // 5)
+    chunks = rounds * 5
+
+    def alternate(name: str, bare: Callable[[], float], outbox: Outbox) -> None:
+        outbox.add_endpoint(_endpoint(pki, "https://localhost:1/", keys))
+        outbox.enqueue("bench", PAYLOAD, event_type="warm")
+        pairs = [(_ours(outbox, chunk), bare()) for _ in range(chunks)]
         ratios[name] = [o / b for o, b in pairs]
         ratios[name + ":rates"] = [statistics.median(o for o, _ in pairs),
                                    statistics.median(b for _, b in pairs)]  # fmt: skip
+
+    for mode in ("full", "normal"):
+        path = tmp / f"enqueue-{mode}.sqlite3"
+        bare = functools.partial(_bare_sqlite, path, mode, chunk)
+        with Outbox(f"sqlite:///{path}?synchronous={mode}") as outbox:
+            alternate(f"sqlite-{mode}", bare, outbox)
+    with _pg_schema() as url, Outbox(url) as outbox:
+        alternate("postgresql", lambda: _bare_pg(url, chunk), outbox)
     return ratios
 
 
@@ -300,7 +303,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
         enqueue = enqueue_ratios(pki, tmp, n, rounds)
         for store in ("sqlite-full", "sqlite-normal", "postgresql"):
             ours, bare = enqueue[store + ":rates"]
-            note = f"{ours:.0f} vs {bare:.0f} enqueues/s; median of {rounds}"
+            note = f"{ours:.0f} vs {bare:.0f} enqueues/s; median of {rounds * 5} chunks"
             ratio_row(f"enqueue/{store} / bare INSERT", enqueue[store], 0.7, note)
         before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
         pinned = (os.cpu_count() or 1) > 1 and _pin_to_core(1)
