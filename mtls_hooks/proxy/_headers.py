@@ -47,6 +47,7 @@ __all__ = [
     "client_cert_header_names",
     "client_cert_headers_in",
     "is_client_cert_header",
+    "looks_like_cert_header",
     "parse_forwarded_cert",
 ]
 
@@ -381,12 +382,13 @@ def is_client_cert_header(name: bytes | str) -> bool:
     ``XSSLCLIENTCERT`` are the same header to a stack that normalises names (nginx drops
     underscore names by default; others map ``_`` to ``-``).
     """
-    return _looks_like_cert_header(name if isinstance(name, bytes) else name.encode("latin-1"))
+    return looks_like_cert_header(name if isinstance(name, bytes) else name.encode("latin-1"))
 
 
 # Header names repeat from request to request: each is classified once (bounded).
 @functools.lru_cache(maxsize=4096)
-def _looks_like_cert_header(name: bytes) -> bool:
+def looks_like_cert_header(name: bytes) -> bool:
+    """:func:`is_client_cert_header` for a raw header name, cached (the per-request form)."""
     compact = name.decode("latin-1").lower().replace("-", "").replace("_", "")
     return compact in _SPOOF_EXACT or any(marker in compact for marker in _SPOOF_MARKERS)
 

@@ -30,15 +30,18 @@ is a dictionary lookup.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
     Criticality,
@@ -184,9 +187,18 @@ class CertificateVerifier:
         if len(chain_der) + 1 > MAX_CHAIN_CERTS:
             raise _refused(f"more than {MAX_CHAIN_CERTS} certificates in the chain")
         try:
+            with _parsing_warnings():
+                return self._verify(leaf_der, chain_der, now)
+        except CryptographyDeprecationWarning as exc:  # raised as an error by the filter
+            raise _refused(str(exc).split(". ", 1)[0]) from exc
+
+    def _verify(
+        self, leaf_der: bytes, chain_der: Sequence[bytes], now: dt.datetime | None
+    ) -> VerifiedChain:
+        try:
             leaf = x509.load_der_x509_certificate(leaf_der)
             intermediates = [x509.load_der_x509_certificate(der) for der in chain_der]
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
             raise _refused("not a DER X.509 certificate (truncated or corrupt)") from exc
         subject = _subject(leaf)
         try:
@@ -211,13 +223,29 @@ class CertificateVerifier:
         )
         try:
             verified = verifier.verify(leaf, intermediates)
-        except VerificationError as exc:
+        except (VerificationError, ValueError) as exc:  # ValueError: an unparsable extension
             raise _refused(_policy_words(str(exc)), subject) from exc
         chain = tuple(verified.chain)
         until = min(cert.not_valid_after_utc for cert in chain)
         if self._crls_until is not None:
             until = min(until, self._crls_until)
         return VerifiedChain(leaf, chain, until)
+
+
+@contextlib.contextmanager
+def _parsing_warnings() -> Iterator[None]:
+    """Warnings of cryptography while it reads a forwarded certificate, made decisions.
+
+    It warns (``UserWarning``) about names RFC 5280 frowns on that OpenSSL accepts, such as a
+    country code longer than two letters: the checks judge such a certificate, not a warning
+    in the log per request. It also warns (``CryptographyDeprecationWarning``) about a
+    certificate it will refuse in a future release, such as a serial that is not positive:
+    refused now. The event loop's thread is the only one verifying.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("error", CryptographyDeprecationWarning)  # matched first
+        yield
 
 
 def _subject(cert: x509.Certificate) -> str:
@@ -313,8 +341,13 @@ class ForwardedVerifier:
             error = (str(exc), exc.reason, exc.status, exc.subject, exc.spki_pin)
             return _Verdict(failed_until, None, error)
         try:
-            identity = PeerIdentity.from_der(cert.leaf_der)
-        except (ConfigurationError, ValueError) as exc:  # a SAN OpenSSL let through
+            with _parsing_warnings():
+                identity = PeerIdentity.from_der(cert.leaf_der)
+        except (
+            ConfigurationError,
+            ValueError,
+            CryptographyDeprecationWarning,
+        ) as exc:  # a SAN OpenSSL let through
             error = (f"certificate cannot be read: {exc}", "cert-verify-failed", 403, "", "")
             return _Verdict(failed_until, None, error)
         why = self.policy.check(identity)

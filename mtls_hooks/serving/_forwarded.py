@@ -45,7 +45,7 @@ from mtls_hooks.core._tls import PinningContext, RefusalHook
 from mtls_hooks.proxy._headers import (
     ForwardedCert,
     ForwardedCertError,
-    is_client_cert_header,
+    looks_like_cert_header,
     parse_forwarded_cert,
 )
 from mtls_hooks.proxy._trust import ProxyAllowList
@@ -177,8 +177,17 @@ class ForwardedCertApp:
             await self._app(scope, receive, send)
             return
         state = self._state()
-        headers = scope["headers"]
-        size = sum(len(name) + len(value) for name, value in headers)
+        # One pass: the size, the client-certificate-like lines, and the lines the app keeps.
+        size = 0
+        kept: list[tuple[bytes, bytes]] = []
+        certs: list[tuple[bytes, bytes]] = []
+        for line in scope["headers"]:
+            name, value = line
+            size += len(name) + len(value)
+            if looks_like_cert_header(name):
+                certs.append((name.lower(), value))
+            else:
+                kept.append(line)
         if size > state.max_header_bytes:
             # RFC 6585 §5; a TLS listener checks this too, a plain one only here.
             error = ForwardedCertError(
@@ -189,9 +198,7 @@ class ForwardedCertApp:
             await _refuse(scope, send, error, header="-")
             return
         client = scope.get("client")
-        cert_headers = tuple(
-            (name.lower(), value) for name, value in headers if is_client_cert_header(name)
-        )
+        cert_headers = tuple(certs)
         if not state.trusted.allows(client):
             named = [name.decode("latin-1") for name, _ in cert_headers]
             detail = (
@@ -215,11 +222,11 @@ class ForwardedCertApp:
         except ForwardedCertError as error:
             await _refuse(scope, send, error, header=state.header_format)
             return
-        if cert_headers:
-            headers = [(n, v) for n, v in headers if not is_client_cert_header(n)]
-        extensions = dict(scope.get("extensions") or {})
-        extensions["tls"] = _tls_extension(parsed, identity, client, state.header_format)
-        await self._app({**scope, "headers": headers, "extensions": extensions}, receive, send)
+        extensions = {
+            **(scope.get("extensions") or {}),
+            "tls": _tls_extension(parsed, identity, client, state.header_format),
+        }
+        await self._app({**scope, "headers": kept, "extensions": extensions}, receive, send)
 
 
 def _tls_extension(

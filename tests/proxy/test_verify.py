@@ -223,9 +223,36 @@ def test_mutated_der_is_only_ever_a_typed_refusal(pki: ProxyPki) -> None:
     rng = random.Random("proxy-der")
     verifier = _verifier(pki)
     leaf, inter = pki.clients["pin-on-intermediate"]
-    for _ in range(300):
+    for round_ in range(1500):
         data = bytearray(leaf)
         for _ in range(rng.randint(1, 3)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
+            data[rng.randrange(len(data))] ^= rng.randrange(1, 256)  # always a change
+        if round_ % 5 == 0:
+            del data[rng.randrange(len(data)) :]
         with pytest.raises(ForwardedCertError):
             verifier.verify(bytes(data), [inter])
+
+
+def _with_tbs_patch(der: bytes, offset_after_version: int, value: int) -> bytes:
+    # TBSCertificate starts with "[0] { INTEGER 2 }" (v3), then the serial INTEGER.
+    at = der.index(b"\xa0\x03\x02\x01\x02") + 4
+    data = bytearray(der)
+    data[at + offset_after_version] = value
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("offset", "value", "message"),
+    [
+        # cryptography raises InvalidVersion, which is no ValueError: once a 500.
+        pytest.param(0, 0x21, "truncated or corrupt", id="invalid-version"),
+        # cryptography only warns on a negative serial (RFC 5280 §4.1.2.2 forbids it).
+        pytest.param(3, 0x80, "serial number", id="negative-serial"),
+    ],
+)
+def test_certificates_cryptography_dislikes_are_typed_refusals(
+    pki: ProxyPki, offset: int, value: int, message: str
+) -> None:
+    der = _with_tbs_patch(pki.clients["good"][0], offset, value)
+    with pytest.raises(ForwardedCertError, match=message):
+        _verifier(pki).verify(der)
