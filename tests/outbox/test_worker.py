@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from mtls_hooks.core._identity import PeerIdentity
 from mtls_hooks.core._keys_signing import HmacSecret
 from mtls_hooks.outbox import DeliveryWorker, Endpoint, Outbox
-from mtls_hooks.queue import JobState, QueueStore, open_store
+from mtls_hooks.queue import Job, JobState, QueueStore, open_store
 from mtls_hooks.testing import running_server
 from tests.outbox.conftest import FakeClock, OutboxPki, Receiver, fast_retry
 from tests.outbox.receiver_app import build_app, read_log
@@ -200,3 +201,58 @@ async def wait_for_state(store: QueueStore, job_id: str, state: JobState) -> Non
             return
         await asyncio.sleep(0.01)
     pytest.fail(f"{job_id} never reached {state}")
+
+
+def test_heartbeat_keeps_a_long_delivery_from_a_second_worker(
+    pki: OutboxPki, tmp_path: Path
+) -> None:
+    lease_s = 0.6
+    hold = tmp_path / "hold"
+    hold.touch()
+    log = tmp_path / "receiver.log"
+    url = f"sqlite:///{tmp_path / 'q.sqlite3'}?synchronous=normal"
+    store, other = open_store(url), open_store(url)
+    claims_after: list[float] = []
+    real_claim = other.claim
+
+    def counting_claim(*args: object, **kwargs: object) -> list[Job]:
+        claims_after.append(time.monotonic())
+        return real_claim(*args, **kwargs)  # type: ignore[arg-type]
+
+    other.claim = counting_claim  # type: ignore[method-assign]  # a seam: count the claims
+    with running_server(build_app(pki.secret, log, hold), pki.server_config()) as server:
+        outbox = Outbox(store)
+        outbox.add_endpoint(pki.endpoint("billing", f"https://localhost:{server.port}/hooks"))
+        message_id = outbox.enqueue("billing", {"n": 1}, event_type="t")
+        # The first worker does not poll (its heartbeat alone must keep the lease); the
+        # second polls all the time, ready to take over any lease that ends.
+        first = DeliveryWorker(store, lease_s=lease_s, poll_interval_s=30.0)
+        second = DeliveryWorker(other, lease_s=lease_s, poll_interval_s=0.05)
+
+        async def scenario() -> None:
+            runs = [asyncio.create_task(first.run())]
+            for _ in range(2000):  # the request is held open at the receiver
+                if read_log(log)["entered"]:
+                    break
+                await asyncio.sleep(0.01)
+            runs.append(asyncio.create_task(second.run()))
+            held_since = time.monotonic()
+            # Several leases pass while the second worker keeps claiming: it gets nothing,
+            # because the first one renews its lease.
+            for _ in range(2000):
+                if [t for t in claims_after if t > held_since + 4 * lease_s]:
+                    break
+                await asyncio.sleep(0.01)
+            hold.unlink()
+            await wait_for_state(store, message_id, JobState.DONE)
+            for w in (first, second):
+                w.stop()
+            await asyncio.gather(*runs)
+
+        asyncio.run(asyncio.wait_for(scenario(), 60))
+    seen = read_log(log)
+    assert seen["request"] == [message_id]  # one delivery, never a second in flight
+    assert first.counts.delivered == 1
+    assert second.counts.delivered == 0
+    store.close()
+    other.close()
