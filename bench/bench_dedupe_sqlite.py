@@ -87,6 +87,9 @@ CASES = (
     Case("sqlite", "sqlite", 1, pinned=True),
     Case("sqlite w1", "sqlite", 1, pinned=False),
     Case("sqlite w2", "sqlite", 2, pinned=False),
+    # The control: what a second worker costs without a shared file (each its own memory).
+    Case("memory w1", "memory", 1, pinned=False),
+    Case("memory w2", "memory", 2, pinned=False),
 )
 
 
@@ -100,9 +103,15 @@ class Settings:
     processes: int = 2
     connections: int = 16  # per generator process: 32 keep-alive connections in all
     warmup_requests: int = 5
+    store_ids: int = 20_000  # per process, in the in-process store timing
+    store_rounds: int = 3
 
 
-_QUICK = Settings(rounds=1, duration_s=0.5, max_requests=200, processes=1, connections=2)
+_QUICK = Settings(
+    rounds=1, duration_s=0.5, max_requests=200, processes=1, connections=2, store_ids=200,
+    store_rounds=1,
+)  # fmt: skip
+_STORE_CONCURRENCY = 16  # requests in flight per process in the in-process timing
 
 
 def _serve_process(pki: BenchPki, store: str, workers: int, cpu: int | None, out: Any) -> None:
@@ -218,11 +227,76 @@ def measure(
     return results
 
 
+# --------------------------------------------------------------------------- in-process
+
+
+def _store_worker(where: str, ids: int, barrier: Any, out: Any) -> None:
+    """Claim and complete ``ids`` fresh ids, 16 in flight; send the CPU µs per id."""
+    import asyncio
+    import uuid
+
+    from mtls_hooks.stores._replay import DedupeStore, MemoryDedupeStore, SQLiteDedupeStore
+
+    async def run() -> float:
+        store: DedupeStore = MemoryDedupeStore() if where == "memory" else SQLiteDedupeStore(where)
+        keys = iter([f"default msg_{uuid.uuid4().hex}" for _ in range(ids)])
+
+        async def requests() -> None:
+            for key in keys:
+                await store.claim(key)
+                await asyncio.sleep(0)  # the handler: one turn
+                await store.complete(key)
+
+        await asyncio.to_thread(barrier.wait, _START_TIMEOUT_S)
+        started = time.process_time()
+        await asyncio.gather(*(requests() for _ in range(_STORE_CONCURRENCY)))
+        spent = time.process_time() - started
+        await store.aclose()
+        return spent / ids * 1e6
+
+    out.put(asyncio.run(run()))
+
+
+def store_cpu_us(where: str, processes: int, ids: int) -> float:
+    """CPU µs per claim+complete in ``processes`` processes on one store (median of them)."""
+    ctx = mp_context()
+    barrier = ctx.Barrier(processes)
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_store_worker, args=(where, ids, barrier, out))  # type: ignore[attr-defined]
+        for _ in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        costs: list[float] = [out.get(timeout=120) for _ in procs]
+        return statistics.median(costs)
+    finally:
+        for proc in procs:
+            proc.join(_STOP_TIMEOUT_S)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+def measure_stores(settings: Settings) -> dict[str, list[float]]:
+    """In-process CPU per claim+complete: memory, SQLite alone, SQLite shared by two."""
+    costs: dict[str, list[float]] = {"memory": [], "sqlite": [], "sqlite x2": []}
+    with tempfile.TemporaryDirectory(prefix="bench-dedupe-sqlite-store-") as tmp:
+        for index in range(settings.store_rounds):
+            costs["memory"].append(store_cpu_us("memory", 1, settings.store_ids))
+            path = str(Path(tmp) / f"alone-{index}.sqlite3")
+            costs["sqlite"].append(store_cpu_us(path, 1, settings.store_ids))
+            path = str(Path(tmp) / f"shared-{index}.sqlite3")
+            costs["sqlite x2"].append(store_cpu_us(path, 2, settings.store_ids))
+    return costs
+
+
 def _cpu(result: LoadResult) -> float:
     return result.server_us_per_request or float("nan")
 
 
-def rows_of(results: dict[str, list[LoadResult]]) -> list[Row]:
+def rows_of(results: dict[str, list[LoadResult]], stores: dict[str, list[float]]) -> list[Row]:
     """Turn the rounds into table rows: per-round ratios, then their medians."""
 
     def ratio(top: str, bottom: str) -> float:
@@ -245,7 +319,11 @@ def rows_of(results: dict[str, list[LoadResult]]) -> list[Row]:
     def cpus(*names: str) -> str:
         return ", ".join(f"{n} {rate(n):,.0f} req/s {cpu(n):.0f} us CPU/req" for n in names)
 
+    store = {name: statistics.median(values) for name, values in stores.items()}
     return [
+        row("store CPU per claim+complete, in-process: sqlite", store["sqlite"], "us", None,
+            f"memory {store['memory']:.1f} us; sqlite shared by 2 processes "
+            f"{store['sqlite x2']:.1f} us each; {_STORE_CONCURRENCY} in flight"),
         row("sqlite / memory, keep-alive req/s (1 worker, pinned)",
             ratio("sqlite", "memory"), "x", 0.9, cpus("memory", "sqlite")),
         row("sqlite / memory, server CPU per request", cpu("sqlite") / cpu("memory"), "x", None,
@@ -255,7 +333,11 @@ def rows_of(results: dict[str, list[LoadResult]]) -> list[Row]:
         row("sqlite --workers 2 / 1, keep-alive req/s (2 cores, generator included)",
             ratio("sqlite w2", "sqlite w1"), "x", 1.6, cpus("sqlite w1", "sqlite w2")),
         row("sqlite --workers 2 / 1, server CPU per request", cpu("sqlite w2") / cpu("sqlite w1"),
-            "x", None, "1.00 = no cost from sharing the file"),
+            "x", None, "1.00 = a second worker costs nothing"),
+        row("memory --workers 2 / 1, keep-alive req/s (control: nothing shared)",
+            ratio("memory w2", "memory w1"), "x", None, cpus("memory w1", "memory w2")),
+        row("memory --workers 2 / 1, server CPU per request (control)",
+            cpu("memory w2") / cpu("memory w1"), "x", None, "what a second worker costs anyway"),
     ]  # fmt: skip
 
 
@@ -267,7 +349,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
     args = parser.parse_args(argv)
     settings = _QUICK if args.quick else Settings(rounds=args.rounds)
     results = measure(settings, progress=lambda line: print(line, flush=True))
-    rows = rows_of(results)
+    stores = measure_stores(settings)
+    print(f"store CPU us per claim+complete: {stores}", flush=True)
+    rows = rows_of(results, stores)
     from bench.run_all import format_table
 
     print(format_table(rows))

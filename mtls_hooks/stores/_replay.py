@@ -240,7 +240,8 @@ def _claim_on(
     if conn.execute(_CLAIM_SQL, (key, now + lease_s, now)).rowcount == 1:
         return ClaimState.CLAIMED, 0.0
     row = conn.execute(_STATE_SQL, (key,)).fetchone()
-    # The row is read in the claim's transaction: it cannot vanish in between.
+    # Alone (autocommit), a row purged between the two statements reads as in flight: the
+    # sender retries later. In a batch both statements share one transaction.
     if row is not None and row[0]:
         return ClaimState.DONE, float(row[1])
     return ClaimState.IN_FLIGHT, 0.0
@@ -250,11 +251,12 @@ class SQLiteDedupeStore:
     """A persistent dedupe store in one SQLite file (WAL): survives restarts, shared by workers.
 
     **Cost.** Claims, completions and releases submitted during one event-loop turn run in
-    one transaction (group commit, :mod:`mtls_hooks.stores._sqlite_writer`): the fixed cost of
-    a write transaction (the lock, the WAL append, the cache check when another worker wrote)
-    is paid per batch, not per request. The batch runs on the event loop on a connection that
-    never waits for a lock; when another process holds the write lock it moves to a private
-    thread that may wait up to ``busy_timeout_s``. Purging expired ids and checkpointing the
+    one transaction in the next turn (group commit, :mod:`mtls_hooks.stores._sqlite_writer`):
+    under load, the fixed cost of a write transaction (the lock, the WAL append, the cache
+    check when another worker wrote) is paid per batch, not per request. The batch runs on
+    the event loop on a connection that never waits for a lock; when another process holds
+    the write lock, it is retried for a few loop turns, then moves to a private thread that
+    may wait up to ``busy_timeout_s``. Purging expired ids and checkpointing the
     WAL run on that thread too. An in-process front answers without SQLite an id this process
     holds a live claim on (IN_FLIGHT) and an id it completed within the retention window
     (DONE, the last ``done_cache_entries`` of them): a row can change only when its lease or
@@ -267,8 +269,9 @@ class SQLiteDedupeStore:
     * ``synchronous="normal"`` (default): the commit is in the WAL file (handed to the OS, no
       fsync). It survives the process dying at any point (``kill -9``, a crash, the OOM
       killer). An OS crash or power loss may lose the completions made since the WAL was
-      last synced, which happens at each background checkpoint (every 1,000 writes of a
-      process); never more, and the file is never corrupted (WAL frames are checksummed).
+      last synced to disk, which SQLite does before each background checkpoint (every 1,000
+      writes of a process) and the OS on its own; the file is never corrupted (WAL frames
+      are checksummed, an incomplete tail is ignored).
       A lost completion means a redelivery of that id runs its handler again: a duplicate,
       as at-least-once delivery allows, never an accepted replay (the signature's timestamp
       tolerance refuses those).
@@ -382,8 +385,7 @@ class SQLiteDedupeStore:
     async def _run(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._closed:
             raise RuntimeError("SQLiteDedupeStore is closed")
-        result: _T = await self._writer.submit(op)
-        return result
+        return await self._writer.submit(op)
 
     def _wrote(self, writes: int) -> None:
         self._writes += writes
@@ -427,6 +429,7 @@ class SQLiteDedupeStore:
         lease_s = self.lease_s
         if self._closed:
             raise RuntimeError("SQLiteDedupeStore is closed")
+
         future = self._writer.submit(lambda conn: _claim_on(conn, key, now, lease_s))
         try:
             # Shielded: a caller cancelled while its claim is queued (the sender hung up)

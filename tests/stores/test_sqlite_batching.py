@@ -178,6 +178,7 @@ async def test_a_claim_cancelled_while_queued_does_not_hold_the_id(open_store: O
     store = open_store()
     task = asyncio.ensure_future(store.claim("ep a"))
     await asyncio.sleep(0)  # one turn: the task queues its claim; the batch runs next turn
+    assert not task.done()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -194,7 +195,8 @@ async def test_a_failed_batch_fails_each_caller_and_the_next_batch_runs(
     try:
         conn.execute("ALTER TABLE mtls_hooks_dedupe RENAME TO moved")
         results = await asyncio.wait_for(
-            asyncio.gather(store.claim("ep b"), store.claim("ep c"), return_exceptions=True), 30
+            asyncio.gather(*(store.claim(f"ep {n}") for n in range(3)), return_exceptions=True),
+            30,
         )
         assert all(isinstance(r, sqlite3.OperationalError) for r in results), results
         conn.execute("ALTER TABLE moved RENAME TO mtls_hooks_dedupe")
