@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import ssl
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,7 +54,15 @@ from mtls_hooks.proxy._verify import CertificateVerifier, ForwardedVerifier
 from mtls_hooks.serving._config import ServerConfig
 from mtls_hooks.serving._reload import TLSMaterial
 
-__all__ = ["FORWARDED_KEY", "ForwardedCertApp", "ProxyMaterial", "ProxyState", "make_material"]
+__all__ = [
+    "FORWARDED_KEY",
+    "ForwardedCertApp",
+    "ForwardedRefusalLog",
+    "ProxyMaterial",
+    "ProxyState",
+    "forwarded_refusals",
+    "make_material",
+]
 
 logger = logging.getLogger("mtls_hooks.tls")
 reload_logger = logging.getLogger("mtls_hooks.reload")
@@ -245,16 +254,110 @@ def _tls_extension(
     }
 
 
+class ForwardedRefusalLog:
+    """Counts every forwarded-certificate refusal and logs them, bounded per peer and reason.
+
+    As the handshake's ``RefusalLog`` (issue 9): the first ``lines_per_window`` refusals per
+    (peer host, reason) in ``window_s`` get a line each; the rest are counted and summed into
+    one ``event=forwarded_refused_summary`` line, written by the first refusal after the
+    window ends or by :meth:`flush`. A spoofing flood cannot fill the disk.
+
+    Args:
+        lines_per_window: full lines per (peer host, reason) and window.
+        window_s: the window, in seconds.
+        max_keys: windows tracked at once; beyond it the oldest are summarised and dropped.
+        clock: monotonic seconds (injectable).
+
+    Attributes:
+        counts: refusals per reason since this object was made, logged or not.
+    """
+
+    def __init__(
+        self,
+        *,
+        lines_per_window: int = 10,
+        window_s: float = 60.0,
+        max_keys: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.lines_per_window = lines_per_window
+        self.window_s = window_s
+        self.max_keys = max_keys
+        self.counts: dict[str, int] = {}
+        self._clock = clock
+        # (host, reason) -> [window start, lines logged, refusals not logged]
+        self._windows: dict[tuple[str, str], list[float]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def record(self, client: Any, error: ForwardedCertError, header: str) -> None:
+        """Count one refusal and log it unless its window's lines are used up."""
+        self.counts[error.reason] = self.counts.get(error.reason, 0) + 1
+        now = self._clock()
+        host = str(client[0]) if isinstance(client, (tuple, list)) and client else "unix"
+        key = (host, error.reason)
+        window = self._windows.get(key)
+        if window is not None and now - window[0] >= self.window_s:
+            self._summarise(key)
+            window = None
+        if window is None:
+            if len(self._windows) >= self.max_keys:
+                self._summarise(next(iter(self._windows)))
+            window = self._windows[key] = [now, 0, 0]
+        if window[1] >= self.lines_per_window:
+            window[2] += 1
+            self._schedule(window[0] + self.window_s - now)
+            return
+        window[1] += 1
+        logger.warning(
+            "event=forwarded_refused peer=%s reason=%s subject=%s spki=%s header=%s detail=%s",
+            _peer_text(client),
+            error.reason,
+            _quote(error.subject) if error.subject else "-",
+            error.spki_pin or "-",
+            _NOT_TOKEN.sub("?", header),  # HTTP parsers allow tokens only: a parsable line
+            _quote(str(error)),
+        )
+
+    def flush(self) -> None:
+        """Summarise every window that has ended."""
+        self._timer = None
+        now = self._clock()
+        for key in [k for k, w in self._windows.items() if now - w[0] >= self.window_s]:
+            self._summarise(key)
+
+    def reset(self) -> None:
+        """Forget the windows and the counts (a test's fresh start)."""
+        self._windows.clear()
+        self.counts.clear()
+
+    def _schedule(self, delay_s: float) -> None:
+        # One timer, so the summary of a flood that stopped is written too.
+        if self._timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop: flush() is called instead
+            return
+        self._timer = loop.call_later(max(delay_s, 0.0), self.flush)
+
+    def _summarise(self, key: tuple[str, str]) -> None:
+        _, _, suppressed = self._windows.pop(key)
+        if suppressed:
+            logger.warning(
+                "event=forwarded_refused_summary peer=%s reason=%s more=%d window_s=%g",
+                key[0],
+                key[1],
+                suppressed,
+                self.window_s,
+            )
+
+
+#: The process-wide log of forwarded refusals (``forwarded_refusals.counts`` for metrics).
+forwarded_refusals = ForwardedRefusalLog()
+
+
 async def _refuse(scope: Any, send: Any, error: ForwardedCertError, *, header: str) -> None:
-    logger.warning(
-        "event=forwarded_refused peer=%s reason=%s subject=%s spki=%s header=%s detail=%s",
-        _peer_text(scope.get("client")),
-        error.reason,
-        _quote(error.subject) if error.subject else "-",
-        error.spki_pin or "-",
-        _NOT_TOKEN.sub("?", header),  # HTTP parsers allow tokens only; keep the line parsable
-        _quote(str(error)),
-    )
+    forwarded_refusals.record(scope.get("client"), error, header)
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008})  # policy violation
         return

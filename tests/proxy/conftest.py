@@ -29,7 +29,7 @@ from quart import Quart, request
 from certs_tool import CA, IssuedCert
 from mtls_hooks.receiver._authz import current_peer
 from mtls_hooks.serving._config import ServerConfig
-from mtls_hooks.serving._forwarded import FORWARDED_KEY, ProxyMaterial
+from mtls_hooks.serving._forwarded import FORWARDED_KEY, ProxyMaterial, forwarded_refusals
 from mtls_hooks.serving._serving import log_refusal, serve_async
 
 PROXY_IP = "127.0.0.2"
@@ -167,6 +167,13 @@ def make_proxy_pki(directory: Path) -> ProxyPki:
     (directory / "ca.crl").write_bytes(ca.crl_pem().bytes())
     (directory / "intermediate.crl").write_bytes(inter.crl_pem().bytes())
     return ProxyPki(directory, ca, inter, clients, good.spki_pin, inter.spki_pin)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_refusal_log() -> None:
+    # The refusal log is per process and bounded per (peer, reason) and minute: each test
+    # starts with fresh windows, so the lines it looks for are written.
+    forwarded_refusals.reset()
 
 
 @pytest.fixture(scope="module")
