@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -30,6 +31,7 @@ import psycopg_pool
 from mtls_hooks.queue._protocol import NewJob, Settlement, StoreUnavailableError
 from mtls_hooks.queue._sql import (
     EXISTING_SQL,
+    INSERT_SQL,
     SETTLED_STATE,
     Cursor,
     SqlQueueStore,
@@ -40,7 +42,7 @@ from mtls_hooks.queue._sql import (
 __all__ = ["PostgresQueueStore"]
 
 _LOG = logging.getLogger("mtls_hooks.queue")
-CHANNEL: Final = "mtls_hooks_queue"
+CHANNEL: Final = "mtls_hooks_queue"  # the prefix of each schema's channel (see channel_for)
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS mtls_hooks_jobs (
     seq BIGSERIAL PRIMARY KEY,
@@ -117,6 +119,12 @@ SELECT * FROM unnest(%s::text[], %s::int[], %s::float8[], %s::float8[], %s::text
                      %s::int[], %s::text[], %s::text[], %s::text[])"""
 
 
+def channel_for(schema: str) -> str:
+    """The NOTIFY channel of the queue in ``schema``: an identifier with no quoting needed."""
+    digest = hashlib.sha256(schema.encode()).hexdigest()[:16]
+    return f"{CHANNEL}_{digest}"
+
+
 def describe(url: str) -> str:
     """``host:port/db`` of a PostgreSQL URL, for messages: never its password."""
     try:
@@ -134,7 +142,7 @@ class PostgresQueueStore(SqlQueueStore):
     _ROW_LOCK = " FOR UPDATE"
     # In a transaction, so that its commit can skip the disk wait (see _relax).
     _CLAIM_IN_TRANSACTION = True
-    _RETURN_ID = f" RETURNING id, pg_notify('{CHANNEL}', queue)"
+    _RETURN_ID = " RETURNING id"  # with this schema's pg_notify: see __init__
 
     def __init__(
         self,
@@ -178,8 +186,15 @@ class PostgresQueueStore(SqlQueueStore):
                     conn.execute(_SCHEMA)
                 finally:
                     conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+                row = conn.execute("SELECT current_schema()").fetchone()
         except psycopg.Error as exc:
             raise StoreUnavailableError(f"cannot use {self._where}: {_first_line(exc)}") from exc
+        #: The NOTIFY channel: one per schema, so queues in other schemas of the same
+        #: database (other deployments, parallel tests) do not wake these workers.
+        self.channel = channel_for(row[0] if row else "")
+        self._insert_sql = pyformat(
+            INSERT_SQL + f" RETURNING id, pg_notify('{self.channel}', queue)"
+        )
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] = (
             psycopg_pool.ConnectionPool(
                 url,
@@ -242,7 +257,7 @@ class PostgresQueueStore(SqlQueueStore):
         cursor.execute("SET LOCAL synchronous_commit = off")
 
     def _notify(self, cursor: Cursor) -> None:
-        cursor.execute(f"SELECT pg_notify('{CHANNEL}', '')")
+        cursor.execute(f"SELECT pg_notify('{self.channel}', '')")
 
     def enqueue_on(self, cursor: Cursor, job: NewJob) -> tuple[str, bool]:
         """Insert ``job`` with ``cursor`` (a caller's psycopg connection or cursor), inside
@@ -284,7 +299,7 @@ class PostgresQueueStore(SqlQueueStore):
         while not self._stopping.is_set():
             try:
                 with psycopg.connect(self.url, **self._connect_kwargs) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {self.channel}")
                     self._wake_local()  # anything enqueued while we were not listening
                     while not self._stopping.is_set():
                         for _ in conn.notifies(timeout=0.5, stop_after=1):
