@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.core._suggest import did_you_mean
@@ -66,7 +66,9 @@ def open_store(url: str, *, clock: Callable[[], float] = time.time) -> QueueStor
         raise ConfigurationError("a PostgreSQL store URL needs a host or database name")
     from mtls_hooks.queue._postgres import PostgresQueueStore
 
-    libpq_url = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
+    # quote_via=quote: libpq decodes %20, never "+", as a space (options=-c... -c...).
+    query_text = urlencode(rest, quote_via=quote)
+    libpq_url = urlunsplit(parts._replace(scheme="postgresql", query=query_text))
     return PostgresQueueStore(libpq_url, clock=clock, **kwargs)
 
 

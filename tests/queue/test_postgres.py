@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from urllib.parse import quote
 
 import psycopg
 
@@ -37,7 +38,8 @@ def test_notify_wakes_a_listener_of_another_store_object_only_on_commit(pg_url: 
 
 
 def test_claims_skip_rows_another_transaction_locks(pg_url: str) -> None:
-    store = open_store(pg_url)
+    # lock_timeout: a claim that waited for the lock would fail in 5 s instead of hanging.
+    store = open_store(pg_url + quote(" -clock_timeout=5000"))
     try:
         first, _ = store.enqueue(NewJob("outbox", "ep", b"{}"))
         second, _ = store.enqueue(NewJob("outbox", "ep", b"{}"))
