@@ -33,9 +33,19 @@ ENDPOINT_OPTION_NAMES: Final = (
     "content_types",
     "body_timeout_s",
     "event_type",
+    "rate_limit",
+    "rate_limit_per_endpoint",
 )
 # The receiver's own settings beside the endpoint options: endpoints and the dedupe store.
-STORE_NAMES: Final = ("endpoints", "dedupe_path", "retention_s", "lease_s", "dedupe_max_entries")
+STORE_NAMES: Final = (
+    "endpoints",
+    "dedupe_url",
+    "dedupe_path",
+    "dedupe_namespace",
+    "retention_s",
+    "lease_s",
+    "dedupe_max_entries",
+)
 # Every receiver setting, lowercase, as the suffix of MTLS_HOOKS_<NAME>.
 RECEIVER_NAMES: Final = frozenset((*ENDPOINT_OPTION_NAMES, *STORE_NAMES))
 # `mtls-hooks send` reads $MTLS_HOOKS_SECRET: a process that sends and receives has it too.

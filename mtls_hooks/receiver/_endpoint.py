@@ -30,6 +30,7 @@ from mtls_hooks.core._settings_names import CONFIG_PREFIX
 from mtls_hooks.core._signing import Verifier, VerifyKey, parse_key
 from mtls_hooks.core._suggest import did_you_mean
 from mtls_hooks.receiver._events import EventTypeExtractor, default_event_type
+from mtls_hooks.stores._ratelimit import Rate, parse_rate
 
 __all__ = [
     "CONFIG_PREFIX",
@@ -59,6 +60,10 @@ class EndpointOptions(TypedDict, total=False):
         content_types: accepted media types (parameters such as ``charset`` are ignored).
         body_timeout_s: how long the body may take to arrive (408 after that).
         event_type: maps the parsed JSON payload to the event type.
+        rate_limit: ``"100/min"``: each client identity (SPKI pin) may send that many at once,
+            refilled at that rate; over it, 429 with ``Retry-After``. ``None``: no limit.
+        rate_limit_per_endpoint: one bucket per identity *and endpoint*; by default an
+            identity has one bucket across every endpoint that sets a limit.
     """
 
     keys: Sequence[str | VerifyKey]
@@ -72,6 +77,8 @@ class EndpointOptions(TypedDict, total=False):
     content_types: Sequence[str]
     body_timeout_s: float
     event_type: EventTypeExtractor
+    rate_limit: str | Rate | None
+    rate_limit_per_endpoint: bool
 
 
 ENDPOINT_DEFAULTS: Final[Mapping[str, Any]] = {
@@ -86,6 +93,8 @@ ENDPOINT_DEFAULTS: Final[Mapping[str, Any]] = {
     "content_types": ("application/json",),
     "body_timeout_s": 30.0,
     "event_type": default_event_type,
+    "rate_limit": None,
+    "rate_limit_per_endpoint": False,
 }
 OPTION_NAMES: Final = tuple(EndpointOptions.__annotations__)
 _SEQUENCE_OPTIONS: Final = frozenset({"keys", "pins", "allow", "ip_allow", "content_types"})
@@ -114,7 +123,7 @@ def _coerce_config(name: str, value: Any, key: str) -> Any:
                 return float(value) if name.endswith("_s") else int(value)
             except ValueError as exc:
                 raise ConfigurationError(f"{key} must be a number, got {value!r}") from exc
-        if name == "require_peer":
+        if name in ("require_peer", "rate_limit_per_endpoint"):
             return value.strip().lower() not in ("0", "false", "no", "off")
     return value
 
@@ -156,6 +165,8 @@ class EndpointSettings:
         content_types: accepted media types, lowercase.
         body_timeout_s: the body read deadline.
         event_type: the event-type extractor.
+        rate_limit: the limit per client identity, or ``None``.
+        rate_limit_per_endpoint: whether the identity's bucket is this endpoint's own.
     """
 
     name: str
@@ -170,6 +181,8 @@ class EndpointSettings:
     content_types: frozenset[str]
     body_timeout_s: float
     event_type: EventTypeExtractor
+    rate_limit: Rate | None = None
+    rate_limit_per_endpoint: bool = False
     # Verdicts per certificate fingerprint: the policy is fixed and a sender reuses its
     # certificate for every request, so the rule walk (~2 µs) runs once per certificate.
     _verdicts: dict[str, tuple[str, str] | None] = field(
@@ -341,6 +354,13 @@ def compile_endpoint(name: str, path: str, options: Mapping[str, Any]) -> Endpoi
     require_peer = options["require_peer"]
     if not isinstance(require_peer, bool):
         raise ConfigurationError(f"{where}: require_peer must be True or False")
+    per_endpoint = options["rate_limit_per_endpoint"]
+    if not isinstance(per_endpoint, bool):
+        raise ConfigurationError(f"{where}: rate_limit_per_endpoint must be True or False")
+    try:
+        rate_limit = parse_rate(options["rate_limit"])
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where}: {exc}") from exc
     return EndpointSettings(
         name=name,
         path=path,
@@ -353,4 +373,6 @@ def compile_endpoint(name: str, path: str, options: Mapping[str, Any]) -> Endpoi
         content_types=content_types,
         body_timeout_s=float(_positive(options["body_timeout_s"], "body_timeout_s", where)),
         event_type=extractor,
+        rate_limit=rate_limit,
+        rate_limit_per_endpoint=per_endpoint,
     )

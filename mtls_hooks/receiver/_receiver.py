@@ -48,14 +48,16 @@ from mtls_hooks.receiver._endpoint import (
 from mtls_hooks.receiver._events import Handler
 from mtls_hooks.receiver._pipeline import WebhookView, drain_handlers
 from mtls_hooks.serving._config import SERVER_NAMES, env_settings
+from mtls_hooks.stores._names import DEFAULT_NAMESPACE
+from mtls_hooks.stores._ratelimit import MemoryRateLimiter, RateLimiter
 from mtls_hooks.stores._replay import (
     DEFAULT_LEASE_S,
     DEFAULT_MAX_ENTRIES,
     DEFAULT_RETENTION_S,
     DedupeStore,
-    MemoryDedupeStore,
     SQLiteDedupeStore,
 )
+from mtls_hooks.stores._url import open_dedupe_store
 
 if TYPE_CHECKING:
     from quart import Quart
@@ -66,7 +68,9 @@ EXTENSION_KEY: Final = "mtls_hooks"
 
 _RECEIVER_KEYS: Final = {
     "ENDPOINTS": None,
+    "DEDUPE_URL": None,
     "DEDUPE_PATH": None,
+    "DEDUPE_NAMESPACE": DEFAULT_NAMESPACE,
     "RETENTION_S": DEFAULT_RETENTION_S,
     "LEASE_S": DEFAULT_LEASE_S,
     "DEDUPE_MAX_ENTRIES": DEFAULT_MAX_ENTRIES,
@@ -91,6 +95,7 @@ F = TypeVar("F", bound=Handler)
 class _AppState:
     store: DedupeStore
     owns_store: bool
+    limiter: RateLimiter
     # The raw MTLS_HOOKS_* values, passwords and whsec_ secrets included: never in a repr.
     config_endpoints: dict[str, dict[str, Any]] = field(repr=False)
     receiver_config: dict[str, Any] = field(repr=False)
@@ -158,6 +163,7 @@ class WebhookReceiver:
         path: str | None = None,
         name: str = "default",
         store: DedupeStore | None = None,
+        rate_limiter: RateLimiter | None = None,
         **options: Unpack[EndpointOptions],
     ) -> None:
         """Create the extension, and initialise it on ``app`` when given.
@@ -167,7 +173,10 @@ class WebhookReceiver:
             path: declare one endpoint at this path (more with :meth:`endpoint`).
             name: the name of that endpoint.
             store: the dedupe store for every app; by default each app gets one from its
-                config (``MTLS_HOOKS_DEDUPE_PATH``: SQLite, else in memory).
+                config (``MTLS_HOOKS_DEDUPE_URL``, or ``MTLS_HOOKS_DEDUPE_PATH`` for SQLite,
+                else in memory).
+            rate_limiter: where the ``rate_limit`` buckets live; by default in the dedupe
+                store's PostgreSQL or Redis when it has one, else in process memory.
             options: endpoint options shared by every endpoint.
 
         Raises:
@@ -176,6 +185,7 @@ class WebhookReceiver:
         check_option_names(options, "WebhookReceiver()")
         self._options: dict[str, Any] = dict(options)
         self._store = store
+        self._limiter = rate_limiter
         self._endpoints: dict[str, WebhookEndpoint] = {}
         self._handlers: dict[tuple[str | None, str | None], Callable[..., Awaitable[Any]]] = {}
         self._states: weakref.WeakKeyDictionary[Quart, _AppState] = weakref.WeakKeyDictionary()
@@ -239,20 +249,40 @@ class WebhookReceiver:
             app.after_serving(state.store.aclose)
 
     def _make_state(self, extra: Mapping[str, Any]) -> _AppState:
-        if self._store is not None:
-            return _AppState(self._store, False, {}, {})
-        retention_s = extra["RETENTION_S"]
-        lease_s = extra["LEASE_S"]
+        """Open the app's dedupe store (and rate limiter) from its settings.
+
+        Raises:
+            ConfigurationError: both a URL and a path, or an unusable URL.
+            StoreUnavailableError: a PostgreSQL or Redis store that cannot be reached now.
+        """
         store: DedupeStore
-        if extra["DEDUPE_PATH"]:
-            store = SQLiteDedupeStore(
-                extra["DEDUPE_PATH"], retention_s=retention_s, lease_s=lease_s
-            )
+        if self._store is not None:
+            store, owned = self._store, False
         else:
-            store = MemoryDedupeStore(
-                retention_s=retention_s, lease_s=lease_s, max_entries=extra["DEDUPE_MAX_ENTRIES"]
-            )
-        return _AppState(store, True, {}, {})
+            url, path = extra["DEDUPE_URL"], extra["DEDUPE_PATH"]
+            if url and path:
+                raise ConfigurationError(
+                    "set MTLS_HOOKS_DEDUPE_URL or MTLS_HOOKS_DEDUPE_PATH (its SQLite alias), "
+                    "not both"
+                )
+            retention_s, lease_s = extra["RETENTION_S"], extra["LEASE_S"]
+            if path:
+                store = SQLiteDedupeStore(path, retention_s=retention_s, lease_s=lease_s)
+            else:
+                store = open_dedupe_store(
+                    url or "memory:",
+                    namespace=extra["DEDUPE_NAMESPACE"],
+                    retention_s=retention_s,
+                    lease_s=lease_s,
+                    max_entries=extra["DEDUPE_MAX_ENTRIES"],
+                )
+            owned = True
+        limiter = self._limiter
+        if limiter is None:
+            # A shared store keeps the buckets too, so every worker and machine counts alike.
+            shared = getattr(store, "rate_limiter", None)
+            limiter = shared() if callable(shared) else MemoryRateLimiter()
+        return _AppState(store, owned, limiter, {}, {})
 
     def endpoint(
         self, path: str, *, name: str | None = None, **options: Unpack[EndpointOptions]
@@ -301,6 +331,10 @@ class WebhookReceiver:
         return compile_endpoint(endpoint.name, endpoint.path, merge_options(layers))
 
     def _route(self, app: Quart, state: _AppState, settings: EndpointSettings) -> None:
+        if settings.rate_limit is not None:
+            # Fail closed until the pipeline's rate-limit stage is in: never a limit that is
+            # accepted and not enforced.
+            raise ConfigurationError(f"endpoint {settings.name!r}: rate_limit is not available")
         state.endpoints[settings.name] = settings
         app.add_url_rule(
             settings.path,
