@@ -18,7 +18,8 @@ def test_all_is_sorted_and_resolves() -> None:
 
 def test_public_names_have_no_private_home_leaking() -> None:
     public = {n for n in dir(mtls_hooks) if not n.startswith("_")}
-    submodules = {"cli", "core", "receiver", "sender", "serving", "stores", "testing"}
+    submodules = {"cli", "core", "metrics", "outbox", "proxy", "queue", "receiver", "sender"}
+    submodules |= {"serving", "stores", "testing"}
     assert public - submodules - {"annotations", "importlib", "TYPE_CHECKING", "Any"} <= set(
         mtls_hooks.__all__
     )
@@ -34,6 +35,8 @@ def test_unknown_attribute_raises_attribute_error() -> None:
     [
         pytest.param("WebhookSender", ("quart", "hypercorn"), id="sender-without-quart"),
         pytest.param("WebhookReceiver", ("aiohttp",), id="receiver-without-aiohttp"),
+        pytest.param("Outbox", ("quart", "hypercorn", "psycopg"), id="sqlite-outbox-light"),
+        pytest.param("WebhookSender", ("psycopg", "mtls_hooks.queue"), id="sender-without-queue"),
     ],
 )
 def test_each_side_imports_only_its_stack(name: str, must_not_import: tuple[str, ...]) -> None:
