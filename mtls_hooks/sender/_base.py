@@ -289,8 +289,9 @@ class _SenderBase:
         """
         now = self._monotonic()
         timeout = self.retry.attempt_timeout_s
-        if delivery.deadline_at is not None:
-            timeout = max(0.001, min(timeout, delivery.deadline_at - now))
+        deadline_at = delivery.deadline_at
+        if deadline_at is not None and deadline_at - now < timeout:
+            timeout = max(0.001, deadline_at - now)
         return timeout, now + timeout
 
     def _timeout_s(self, delivery: _Delivery) -> float:
