@@ -22,6 +22,7 @@ _EPILOG = """\
 examples:
   mtls-hooks deliver --store sqlite:////var/lib/app/outbox.sqlite3 --concurrency 16
   MTLS_HOOKS_OUTBOX_STORE=postgresql://app@db/app mtls-hooks deliver --concurrency 32
+  mtls-hooks deliver --store sqlite:///outbox.sqlite3 --metrics-bind 127.0.0.1:9464
 
 Exit status: 0 after a clean stop (SIGTERM, SIGINT); 1 on a configuration or store error.
 """
@@ -49,6 +50,33 @@ def add_parser(subparsers: Any) -> None:
         "--shutdown-grace-s", type=float, default=10.0, metavar="S", help="SIGTERM grace"
     )
     parser.add_argument("--log-level", default="INFO", metavar="LEVEL", help="INFO, WARNING, ...")
+    observe = parser.add_argument_group("metrics and alarms")
+    observe.add_argument(
+        "--metrics-bind",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default off; port 0 picks one)",
+    )
+    observe.add_argument(
+        "--metrics-interval-s",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="queue depth refresh (default 5)",
+    )
+    observe.add_argument(
+        "--expiry-warn-days",
+        type=float,
+        default=30.0,
+        metavar="D",
+        help="warn when a client certificate expires within D days (default 30)",
+    )
+    observe.add_argument(
+        "--expiry-error-days",
+        type=float,
+        default=7.0,
+        metavar="D",
+        help="log an error within D days (default 7)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -62,7 +90,10 @@ def run(args: argparse.Namespace) -> int:
         ConfigurationError: a bad store URL, number or log level.
         StoreUnavailableError: the store cannot be reached at start.
     """
+    from mtls_hooks.metrics._listener import MetricsListener
+    from mtls_hooks.metrics._registry import enable_metrics
     from mtls_hooks.outbox._worker import DeliveryWorker
+    from mtls_hooks.serving._config import parse_bind
 
     level = logging.getLevelName(args.log_level.upper())
     if not isinstance(level, int):
@@ -78,7 +109,15 @@ def run(args: argparse.Namespace) -> int:
         lease_s=args.lease_s,
         poll_interval_s=args.poll_interval_s,
         shutdown_grace_s=args.shutdown_grace_s,
+        metrics_interval_s=args.metrics_interval_s,
+        expiry_warn_days=args.expiry_warn_days,
+        expiry_error_days=args.expiry_error_days,
     )
+    listener = None
+    if args.metrics_bind is not None:
+        host, port = parse_bind(args.metrics_bind)
+        # One process: values in memory, served from a thread of this process.
+        listener = MetricsListener(host, port, enable_metrics().registry).start()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -89,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
             f"concurrency {worker.concurrency}",
             flush=True,
         )
+        if listener is not None:
+            print(f"mtls-hooks deliver: metrics at http://{args.metrics_bind.rpartition(':')[0]}:"
+                  f"{listener.port}/metrics", flush=True)  # fmt: skip
         counts = await worker.run()
         print(
             f"mtls-hooks deliver: stopped: {counts.delivered} delivered, {counts.retried} "
@@ -96,5 +138,9 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if listener is not None:
+            listener.stop()
     return 0

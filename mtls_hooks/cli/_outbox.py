@@ -7,14 +7,18 @@ a passphrase or a URL's password: endpoint records hold file paths and variable 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import itertools
+import math
 import os
 import re
+import time
 from typing import Any, Final
 
 from mtls_hooks.core._errors import ConfigurationError
 
-__all__ = ["STORE_ENV", "add_parser", "parse_duration_s", "run", "store_argument"]
+__all__ = ["STORE_ENV", "add_parser", "parse_duration_s", "run", "status_lines", "store_argument"]
 
 STORE_ENV: Final = "MTLS_HOOKS_OUTBOX_STORE"
 _DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
@@ -26,6 +30,7 @@ examples:
       https://billing.example:8443/hooks --cert client.pem --key client-key.pem \\
       --ca receiver-ca.pem --pin sha256/AAAA...= --signing-key file:/etc/app/whsec.txt
   mtls-hooks outbox status
+  mtls-hooks outbox status --watch --interval 2
   mtls-hooks outbox list --failed
   mtls-hooks outbox show msg_2x8...
   mtls-hooks outbox retry --all-failed
@@ -66,7 +71,14 @@ def add_parser(subparsers: Any) -> None:
     )
     store_argument(parser)
     verbs = parser.add_subparsers(dest="verb", required=True)
-    verbs.add_parser("status", help="counts by state and endpoint, oldest due message")
+    status = verbs.add_parser("status", help="counts by state and endpoint, oldest due message")
+    status.add_argument(
+        "--watch", action="store_true", help="refresh in place on a terminal (until Ctrl-C)"
+    )
+    status.add_argument(
+        "--interval", type=float, default=2.0, metavar="S", help="--watch refresh (default 2)"
+    )
+    status.add_argument("--count", type=int, metavar="N", help="--watch: stop after N readings")
     listing = verbs.add_parser("list", help="list messages (--failed: the dead letter)")
     listing.add_argument("--failed", action="store_true", help="only dead-lettered messages")
     listing.add_argument("--endpoint", metavar="NAME")
@@ -143,14 +155,71 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _status(outbox: Any, args: argparse.Namespace) -> int:
-    stats = outbox.status()
-    print("  ".join(f"{state} {count}" for state, count in stats.by_state.items()))
+    if args.watch:
+        return _watch(outbox, interval_s=args.interval, count=args.count)
+    print("\n".join(status_lines(outbox.status())))
+    return 0
+
+
+def status_lines(stats: Any) -> list[str]:
+    """``status``'s plain text: counts by state, by endpoint, the oldest due message."""
+    lines = ["  ".join(f"{state} {count}" for state, count in stats.by_state.items())]
     for name, counts in sorted(stats.by_target.items()):
         shown = ", ".join(f"{state} {count}" for state, count in sorted(counts.items()))
-        print(f"endpoint {name}: {shown}")
+        lines.append(f"endpoint {name}: {shown}")
     oldest = stats.oldest_due_age_s
-    print("oldest due message: " + ("none" if oldest is None else f"{oldest:.1f} s"))
+    lines.append("oldest due message: " + ("none" if oldest is None else f"{oldest:.1f} s"))
+    return lines
+
+
+def _watch(outbox: Any, *, interval_s: float, count: int | None) -> int:
+    """``status --watch``: a table refreshed in place on a terminal (rich's ``Live``),
+    plain timestamped snapshots elsewhere (logs, pipes), ``count`` readings at most."""
+    if not math.isfinite(interval_s) or interval_s <= 0:
+        raise ConfigurationError(
+            f"--interval must be a positive number of seconds, got {interval_s:g}"
+        )
+    if count is not None and count < 1:
+        raise ConfigurationError(f"--count must be at least 1, got {count}")
+    from rich.console import Console
+
+    console = Console()
+    readings = itertools.count() if count is None else range(count)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a watch ends
+        if console.is_terminal:
+            from rich.live import Live
+
+            with Live(console=console, auto_refresh=False) as live:
+                for n in readings:
+                    if n:
+                        time.sleep(interval_s)
+                    live.update(_status_table(outbox.status(), interval_s), refresh=True)
+        else:
+            for n in readings:
+                if n:
+                    time.sleep(interval_s)
+                lines = [f"--- outbox status at {_when(time.time())}"]
+                print("\n".join(lines + status_lines(outbox.status())), flush=True)
     return 0
+
+
+def _status_table(stats: Any, interval_s: float) -> Any:
+    from rich.table import Table
+
+    states = list(stats.by_state)
+    oldest = stats.oldest_due_age_s
+    due = "none" if oldest is None else f"{oldest:.1f} s"
+    table = Table(
+        title=f"outbox status at {_when(time.time())}",
+        caption=f"oldest due message: {due}\nevery {interval_s:g} s; Ctrl-C ends",
+    )
+    table.add_column("endpoint")
+    for state in states:
+        table.add_column(state, justify="right")
+    table.add_row("all", *(str(stats.by_state[state]) for state in states), style="bold")
+    for name, counts in sorted(stats.by_target.items()):
+        table.add_row(name, *(str(counts.get(state, 0)) for state in states))
+    return table
 
 
 def _list(outbox: Any, args: argparse.Namespace) -> int:

@@ -61,7 +61,9 @@ class SenderPool:
         max_connections: int,
         check_every_s: float = _CHECK_EVERY_S,
         monotonic: Callable[[], float] = time.monotonic,
+        on_build: Callable[[Endpoint], object] | None = None,
     ) -> None:
+        self._on_build = on_build
         self._max_connections = max_connections
         self._check_every_s = check_every_s
         self._monotonic = monotonic
@@ -99,6 +101,8 @@ class SenderPool:
             current = fingerprint(endpoint)
             if entry is None or current != entry.fingerprint:
                 sender = self._build(endpoint)
+                if self._on_build is not None:
+                    self._on_build(endpoint)  # a new certificate to watch for expiry
                 if entry is not None:
                     self._retired.append(entry.sender)
                     self.rebuilt += 1

@@ -37,7 +37,10 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from mtls_hooks.core._errors import ConfigurationError
+from mtls_hooks.metrics._expiry import DAY_S
+from mtls_hooks.metrics._registry import current_metrics
 from mtls_hooks.outbox._endpoint import Endpoint
+from mtls_hooks.outbox._observe import SenderCertificates, depth_loop, record_attempt
 from mtls_hooks.outbox._outbox import QUEUE
 from mtls_hooks.outbox._schedule import decide
 from mtls_hooks.outbox._senders import SenderPool
@@ -100,6 +103,9 @@ class DeliveryWorker:
         worker_id: str | None = None,
         on_disable: Callable[[str, str], Any] | None = None,
         file_check_s: float = 2.0,
+        metrics_interval_s: float = 5.0,
+        expiry_warn_days: float = 30.0,
+        expiry_error_days: float = 7.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """Configure a worker; nothing runs until :meth:`run`.
@@ -116,6 +122,11 @@ class DeliveryWorker:
             on_disable: called with ``(endpoint, reason)`` when a circuit breaker trips.
             file_check_s: how often an endpoint's certificate and key files are looked at
                 for a renewal or rotation.
+            metrics_interval_s: while metrics are on (see ``mtls_hooks.outbox._observe``),
+                how often the queue depth gauges are refreshed (one grouped count).
+            expiry_warn_days: log a warning when a loaded client certificate expires
+                within this many days (checked when loaded, then daily).
+            expiry_error_days: log an error within this many days.
             clock: epoch seconds, for schedules and the breaker; injected by tests.
 
         Raises:
@@ -129,6 +140,12 @@ class DeliveryWorker:
         self.lease_s = check_seconds("lease_s", lease_s)
         self.poll_interval_s = check_seconds("poll_interval_s", poll_interval_s)
         self.shutdown_grace_s = check_seconds("shutdown_grace_s", shutdown_grace_s, zero=True)
+        self.metrics_interval_s = check_seconds("metrics_interval_s", metrics_interval_s)
+        self.certificates = SenderCertificates(
+            warn_within_s=check_seconds("expiry_warn_days", expiry_warn_days, zero=True) * DAY_S,
+            error_within_s=check_seconds("expiry_error_days", expiry_error_days, zero=True) * DAY_S,
+            clock=clock,
+        )
         self.concurrency = concurrency
         self.batch = min(batch, concurrency)
         self._min_claim = max(1, self.batch // 2)
@@ -143,6 +160,7 @@ class DeliveryWorker:
         self._senders = SenderPool(
             max_connections=concurrency,
             check_every_s=check_seconds("file_check_s", file_check_s, zero=True),
+            on_build=self.certificates.loaded,
         )
         self._endpoints: dict[str, tuple[Endpoint | None, Target | None, float]] = {}
         self._policies: dict[str, tuple[Endpoint, RetryPolicy]] = {}
@@ -189,12 +207,21 @@ class DeliveryWorker:
         unsubscribe = self.store.subscribe(wake_up)
         settler = asyncio.create_task(self._settler())
         heartbeat = asyncio.create_task(self._heartbeat())
+        watchers = [asyncio.create_task(self.certificates.alarm.run(interval_s=DAY_S))]
+        metrics = current_metrics()
+        if metrics is not None:
+            depth = depth_loop(self.store, QUEUE, metrics, interval_s=self.metrics_interval_s,
+                               call=self._call)  # fmt: skip
+            watchers.append(asyncio.create_task(depth))
         try:
             await self._claim_loop(until_idle)
         finally:
             unsubscribe()
             await self._drain()
             heartbeat.cancel()
+            for watcher in watchers:
+                watcher.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
             self._stopping = True
             self._settled.set()
             await settler
@@ -363,6 +390,8 @@ class DeliveryWorker:
             record = AttemptRecord(job.id, number, started, 0.0, "failed", None,
                                    "ConfigurationError", reason, self.worker_id)  # fmt: skip
             self.counts.failed += 1
+            if (metrics := current_metrics()) is not None:
+                record_attempt(metrics, job.target, "failed", finished="failed")
             return Settlement(job.id, "failed", error=reason, attempt=record)
         if endpoint.rate_limit_per_s is not None:
             wait_s = await self._call(
@@ -414,6 +443,9 @@ class DeliveryWorker:
         record = AttemptRecord(job.id, job.tries + 1, started, tried.latency_s, "done",
                                tried.status_code, None, "", self.worker_id)  # fmt: skip
         self.counts.delivered += 1
+        if (metrics := current_metrics()) is not None:
+            record_attempt(metrics, endpoint.name, "delivered", status_code=tried.status_code,
+                           seconds=tried.latency_s, finished="delivered")  # fmt: skip
         if endpoint.breaker_window_s is not None:
             _, target = await self._endpoint(endpoint.name)
             if endpoint.name in self._streaks or (target is not None and target.failing_since):
@@ -428,14 +460,21 @@ class DeliveryWorker:
         failure: AttemptFailed,
         *,
         started: float,
-        latency_s: float = 0.0,
+        latency_s: float | None = None,
         status_code: int | None = None,
         error: str | None,
     ) -> Settlement:
+        """Settle a failed attempt; ``latency_s`` is ``None`` when no request was sent."""
         now = self._clock()
         decision = decide(self._policy(endpoint), job, failure, now=now)
-        record = AttemptRecord(job.id, job.tries + 1, started, latency_s, decision.kind,
+        record = AttemptRecord(job.id, job.tries + 1, started, latency_s or 0.0, decision.kind,
                                status_code, error, failure.detail, self.worker_id)  # fmt: skip
+        if (metrics := current_metrics()) is not None:
+            # A 410 is its own outcome: the receiver asked us to stop, no fault to chase.
+            outcome = "gone" if failure.kind == "gone" else decision.kind
+            record_attempt(metrics, endpoint.name, outcome, status_code=status_code,
+                           seconds=latency_s,
+                           finished=None if decision.kind == "retry" else outcome)  # fmt: skip
         if endpoint.breaker_window_s is not None:
             await self._trip(endpoint, endpoint.breaker_window_s)
         if decision.kind == "failed":
