@@ -3,6 +3,10 @@
 Run as many as the load needs, on one machine (SQLite) or many (PostgreSQL): each claims its
 own messages. SIGTERM stops claiming, lets deliveries in flight finish for the grace period,
 puts the rest back in the queue and exits 0.
+
+``--metrics-bind HOST:PORT`` serves Prometheus metrics (attempts, deliveries, queue depth,
+client certificate expiry) from this process; the expiry alarm logs a warning or an error
+when a client certificate an endpoint presents is close to its end (``--expiry-*-days``).
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ import datetime as dt
 import http.client
 import logging
 import re
+import socket
+import subprocess
 from collections.abc import Iterator, MutableMapping
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +31,7 @@ from mtls_hooks.outbox import DeliveryWorker, Outbox
 from mtls_hooks.outbox._observe import SenderCertificates
 from mtls_hooks.testing import running_server
 from tests.outbox.conftest import OutboxPki, fast_retry
-from tests.outbox.processes import Child, start_worker, wait_until
+from tests.outbox.processes import CLI, REPO, Child, start_worker, wait_until
 from tests.outbox.receiver_app import build_app
 
 Scope = MutableMapping[str, Any]
@@ -78,6 +80,15 @@ def scrape(port: int) -> Samples:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+def scrape_status(port: int, path: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -138,8 +149,10 @@ def test_a_real_deliver_process_counts_exactly(
             wait_until(
                 lambda: value(scrape(port), DEPTH, queue="outbox", state="done") == 5,
                 "the depth gauge to show the settled queue",
+                timeout_s=30,
             )
             got = scrape(port)
+            assert scrape_status(port, "/") == 404  # the listener serves metrics only
             assert child.terminate() == 0
         finally:
             child.close()
@@ -289,3 +302,37 @@ def test_expiry_windows(
             assert 'role=sender_client name="soon-client"' in lines[0].getMessage()
         # The daily check looks at every loaded certificate again.
         assert len(watched.alarm.check()) == (0 if level is None else 1)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--expiry-warn-days", "5", "--expiry-error-days", "7"], "expiry alarms need"),
+        (["--expiry-warn-days", "-1"], "expiry_warn_days"),
+        (["--metrics-bind", "9464"], "must be 'host:port'"),
+        (["--metrics-interval-s", "0"], "metrics_interval_s"),
+    ],
+)
+def test_bad_observability_flags_are_one_line(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    store = f"sqlite:///{tmp_path / 'outbox.sqlite3'}"
+    done = subprocess.run([CLI, "deliver", "--store", store, *flags], capture_output=True,
+                          text=True, cwd=REPO, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 1
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert message in done.stderr
+
+
+def test_a_metrics_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        store = f"sqlite:///{tmp_path / 'outbox.sqlite3'}"
+        argv = [CLI, "deliver", "--store", store, "--metrics-bind", f"127.0.0.1:{port}"]
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=60,
+                              check=False)  # fmt: skip
+    assert done.returncode == 1
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert f"cannot bind metrics_bind 127.0.0.1:{port}" in done.stderr
