@@ -389,6 +389,8 @@ class SQLiteDedupeStore:
 
     def _wrote(self, writes: int) -> None:
         self._writes += writes
+        if self._closed:
+            return  # a batch that ended while the store closed: no maintenance after it
         if self._writes >= _WRITES_PER_CHECKPOINT and (
             self._maintenance is None or self._maintenance.done()
         ):

@@ -156,7 +156,11 @@ class BatchWriter:
                 return
         self._busy_turns = 0
         ops = [op for op, _ in batch]
-        done = self._executor.submit(run_batch, self._slow, ops)
+        try:
+            done = self._executor.submit(run_batch, self._slow, ops)
+        except RuntimeError as exc:  # the store closed meanwhile: its thread is gone
+            self._settle(loop, batch, None, exc)
+            return
         done.add_done_callback(
             lambda finished: loop.call_soon_threadsafe(
                 self._settle_from_thread, loop, batch, finished
@@ -182,10 +186,10 @@ class BatchWriter:
         self.transactions += 1
         self.operations += len(batch)
         if results is not None:
-            self._on_commit(len(batch))
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
+            self._on_commit(len(batch))
         else:
             for _, future in batch:
                 if not future.done():
