@@ -11,7 +11,9 @@ One loop, a few tasks, no sleeping while holding a row:
   outcome into a settlement: ``done``, ``retry`` at the policy's next time (see
   ``_schedule``), ``failed`` (the dead letter) or ``release`` (a rate limit said "later");
 * a settler writes the settlements in batches, each with its attempt record;
-* a heartbeat renews the leases of every message still held, every ``lease_s / 3``.
+* a heartbeat renews the leases of every message still held, every ``lease_s / 3``;
+* an expiry alarm watches the client certificates loaded, and while metrics are on a task
+  refreshes the queue gauges (``_observe``: what each attempt and delivery records).
 
 :meth:`DeliveryWorker.stop` (the CLI calls it on SIGTERM) stops claiming, lets the
 deliveries in flight finish for up to ``shutdown_grace_s``, releases the rest to the queue
