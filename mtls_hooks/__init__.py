@@ -50,6 +50,7 @@ from mtls_hooks.core._signing import (
 from mtls_hooks.core._tls import PinningContext, create_client_context, create_server_context
 
 if TYPE_CHECKING:
+    from mtls_hooks.metrics._registry import enable_metrics
     from mtls_hooks.outbox._endpoint import OutboxEndpoint, RetrySettings
     from mtls_hooks.outbox._outbox import AsyncOutbox, Outbox, UnknownEndpointError
     from mtls_hooks.outbox._worker import DeliveryWorker
@@ -132,6 +133,7 @@ __all__ = [
     "create_client_context",
     "create_server_context",
     "current_peer",
+    "enable_metrics",
     "parse_key",
     "peer_from_scope",
     "require_peer",
@@ -167,6 +169,7 @@ _LAZY = {
     "WebhookReceiver": "mtls_hooks.receiver._receiver",
     "WebhookSender": "mtls_hooks.sender._sync",
     "current_peer": "mtls_hooks.receiver._authz",
+    "enable_metrics": "mtls_hooks.metrics._registry",
     "require_peer": "mtls_hooks.receiver._authz",
     "serve": "mtls_hooks.serving._workers",
     "serve_async": "mtls_hooks.serving._serving",
