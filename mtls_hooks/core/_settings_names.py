@@ -35,6 +35,7 @@ ENDPOINT_OPTION_NAMES: Final = (
     "event_type",
     "rate_limit",
     "rate_limit_per_endpoint",
+    "quart_request",
 )
 # The receiver's own settings beside the endpoint options: endpoints and the dedupe store.
 STORE_NAMES: Final = (
