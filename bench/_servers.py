@@ -34,6 +34,7 @@ __all__ = [
     "bare_app",
     "make_pki",
     "receiver_app_memory",
+    "receiver_app_memory_quart",
     "receiver_app_sqlite",
     "run_server",
 ]
@@ -103,7 +104,7 @@ def bare_app(pki: BenchPki) -> Quart:
     return app
 
 
-def _receiver_app(pki: BenchPki, store: Any) -> Quart:
+def _receiver_app(pki: BenchPki, store: Any, *, quart_request: bool = False) -> Quart:
     from quart import Quart
 
     from mtls_hooks.receiver._events import WebhookEvent
@@ -111,7 +112,12 @@ def _receiver_app(pki: BenchPki, store: Any) -> Quart:
 
     app = Quart("bench_receiver")
     hooks = WebhookReceiver(
-        app, path="/", keys=[SIGNING_SECRET], pins=[pki.client_pin], store=store
+        app,
+        path="/",
+        keys=[SIGNING_SECRET],
+        pins=[pki.client_pin],
+        store=store,
+        quart_request=quart_request,
     )
 
     @hooks.on_any
@@ -126,6 +132,14 @@ def receiver_app_memory(pki: BenchPki) -> Quart:
     from mtls_hooks.stores._replay import MemoryDedupeStore
 
     return _receiver_app(pki, MemoryDedupeStore())
+
+
+def receiver_app_memory_quart(pki: BenchPki) -> Quart:
+    """Full verification with the memory store, through Quart's request machinery
+    (``quart_request=True``: the receiver as it was before the lean path)."""
+    from mtls_hooks.stores._replay import MemoryDedupeStore
+
+    return _receiver_app(pki, MemoryDedupeStore(), quart_request=True)
 
 
 def receiver_app_sqlite(pki: BenchPki) -> Quart:
@@ -168,7 +182,9 @@ def _serve_stock(app: Quart, pki: BenchPki, report: Callable[[int], None]) -> No
     asyncio.run(main())
 
 
-def _serve_ours(app: Quart, pki: BenchPki, report: Callable[[int], None]) -> None:
+def _serve_ours(
+    app: Quart, pki: BenchPki, report: Callable[[int], None], loop: str = "asyncio"
+) -> None:
     from mtls_hooks.serving._config import ServerConfig
     from mtls_hooks.serving._serving import create_sockets
     from mtls_hooks.serving._workers import serve
@@ -180,6 +196,7 @@ def _serve_ours(app: Quart, pki: BenchPki, report: Callable[[int], None]) -> Non
         pins=(pki.client_pin,),
         bind=("127.0.0.1:0",),
         workers=1,
+        loop=loop,
         log_level="WARNING",
     )
     sockets = create_sockets(config)
@@ -187,13 +204,20 @@ def _serve_ours(app: Quart, pki: BenchPki, report: Callable[[int], None]) -> Non
     serve(app, config, sockets=sockets)
 
 
-def _server_process(
-    kind: ServerKind, factory: AppFactory, pki: BenchPki, cpu: int | None, port_out: Any
+def _server_process(  # noqa: PLR0917 - the Process target's positional arguments
+    kind: ServerKind,
+    factory: AppFactory,
+    pki: BenchPki,
+    cpu: int | None,
+    port_out: Any,
+    loop: str,
 ) -> None:
     _pin(cpu)
     app = factory(pki)
-    target = _serve_stock if kind == "stock" else _serve_ours
-    target(app, pki, port_out.send)
+    if kind == "stock":
+        _serve_stock(app, pki, port_out.send)
+    else:
+        _serve_ours(app, pki, port_out.send, loop)
 
 
 @dataclass(frozen=True)
@@ -230,9 +254,17 @@ def _probe(port: int, pki: BenchPki, deadline: float) -> None:
 
 @contextlib.contextmanager
 def run_server(
-    kind: ServerKind, factory: AppFactory, pki: BenchPki, *, cpu: int | None
+    kind: ServerKind,
+    factory: AppFactory,
+    pki: BenchPki,
+    *,
+    cpu: int | None,
+    loop: str = "asyncio",
 ) -> Iterator[RunningServer]:
     """Start ``factory``'s app on ``kind`` in its own process; stop it by PID on exit.
+
+    ``loop`` is our server's event loop (``asyncio`` or ``uvloop``); stock Hypercorn always
+    runs on asyncio's.
 
     Raises:
         RuntimeError: the process died or did not answer within the bound.
@@ -240,7 +272,7 @@ def run_server(
     ctx = mp_context()
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(  # type: ignore[attr-defined]
-        target=_server_process, args=(kind, factory, pki, cpu, sender), daemon=True
+        target=_server_process, args=(kind, factory, pki, cpu, sender, loop), daemon=True
     )
     proc.start()
     sender.close()

@@ -23,6 +23,7 @@ from bench._servers import (
     bare_app,
     make_pki,
     receiver_app_memory,
+    receiver_app_memory_quart,
     receiver_app_sqlite,
     run_server,
 )
@@ -54,6 +55,7 @@ class Scenario:
         factory: builds the Quart app in the server process (unused for nginx).
         signed: send Standard Webhooks signatures with unique ids.
         handshake: also measure new-handshake connections/s.
+        loop: our server's event loop, ``asyncio`` or ``uvloop``.
     """
 
     name: str
@@ -61,16 +63,19 @@ class Scenario:
     factory: AppFactory | None = None
     signed: bool = False
     handshake: bool = True
+    loop: str = "asyncio"
 
 
-def verification_scenario(factory: AppFactory, name: str = "ours+verify") -> Scenario:
+def verification_scenario(
+    factory: AppFactory, name: str = "ours+verify", *, loop: str = "asyncio"
+) -> Scenario:
     """SCENARIO HOOK for the receiver (issue 4): ``factory`` builds a webhook-receiving app.
 
     The app is served by our server; the generator sends signed 1 KiB JSON POSTs with a
     unique ``webhook-id`` each, signed with ``SIGNING_SECRET`` before the timed window.
     Handshake rates are not measured: the receiver adds nothing to the handshake.
     """
-    return Scenario(name, "ours", factory, signed=True, handshake=False)
+    return Scenario(name, "ours", factory, signed=True, handshake=False, loop=loop)
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -78,7 +83,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("baseline", "stock", bare_app),
     Scenario("ours", "ours", bare_app),
     verification_scenario(receiver_app_memory),
+    verification_scenario(receiver_app_memory_quart, "ours+verify[quart path]"),
     verification_scenario(receiver_app_sqlite, "ours+verify[sqlite]"),
+    Scenario("ours[uvloop]", "ours", bare_app, loop="uvloop"),
+    verification_scenario(receiver_app_memory, "ours+verify[uvloop]", loop="uvloop"),
 )
 
 
@@ -150,7 +158,9 @@ def _serve(
             yield nginx.port, nginx.pid
         return
     assert scenario.factory is not None
-    with run_server(scenario.server, scenario.factory, pki, cpu=cores.server) as server:
+    with run_server(
+        scenario.server, scenario.factory, pki, cpu=cores.server, loop=scenario.loop
+    ) as server:
         yield server.port, server.pid
 
 
@@ -226,6 +236,7 @@ class Measurements:
 _ASGI_APPS: tuple[tuple[str, AppFactory, bool], ...] = (
     ("bare Quart", bare_app, False),
     ("Quart+verify", receiver_app_memory, True),
+    ("Quart+verify[quart path]", receiver_app_memory_quart, True),
     ("Quart+verify[sqlite]", receiver_app_sqlite, True),
 )
 

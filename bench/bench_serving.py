@@ -12,7 +12,12 @@ Scenarios, each server in its own process pinned to core 0 and the load generato
 * ``ours+verify``: :class:`~mtls_hooks.receiver._receiver.WebhookReceiver` on our server: pin rule,
   HMAC, timestamp, in-memory dedupe and handler dispatch, every request signed with a
   unique ``webhook-id`` (signed before the clock starts).
+* ``ours+verify[quart path]``: the same through Quart's request machinery
+  (``quart_request=True``), as every webhook was served before the lean path
+  (``receiver/_asgi.py``).
 * ``ours+verify[sqlite]``: the same with the SQLite dedupe store.
+* ``ours[uvloop]``, ``ours+verify[uvloop]``: ``ours`` and ``ours+verify`` with
+  ``--loop uvloop``.
 
 Metrics: keep-alive requests/s with p50/p99 latency at saturation (1 KiB POST, 16
 connections, one request in flight each), new-handshake connections/s, the latency of a
@@ -94,21 +99,44 @@ def _best_of(samples: Samples, top: str, bottom: str, mode: Measure, metric: str
     return max(tops) / max(bottoms)
 
 
-# (case, top, bottom, mode, metric, target, note)
+# (case, top, bottom, mode, metric, target, note). Issue 14's targets: the full receiver
+# (memory dedupe) >= 1.5x bare Quart on stock Hypercorn, >= 1.3x with SQLite dedupe, new
+# handshakes >= 1.0x; "per server CPU-s" is the same ratio in requests per second of server
+# CPU time (from /proc), which a time-shared core barely moves: read both.
 _RATIOS: tuple[tuple[str, str, str, Measure, str, float | None, str], ...] = (
     ("ours / baseline, keep-alive req/s", "ours", "baseline", SATURATE, "rate", 0.9, ""),
-    ("ours / baseline, new handshakes/s", "ours", "baseline", HANDSHAKES, "rate", 0.9, ""),
+    ("ours / baseline, new handshakes/s", "ours", "baseline", HANDSHAKES, "rate", 1.0, ""),
     (
-        "ours+verify / ours, req/s", "ours+verify", "ours", SATURATE, "rate", 0.85,
-        "verification costs <= 15 %",
+        "ours+verify / baseline, req/s", "ours+verify", "baseline", SATURATE, "rate", 1.5,
+        "full receiver (memory dedupe) against bare Quart on stock Hypercorn",
     ),
     (
-        "ours+verify / baseline, req/s", "ours+verify", "baseline", SATURATE, "rate", 0.85,
-        "against bare Quart on stock Hypercorn",
+        "ours+verify[sqlite] / baseline, req/s", "ours+verify[sqlite]", "baseline", SATURATE,
+        "rate", 1.3, "full receiver (SQLite dedupe) against bare Quart on stock Hypercorn",
+    ),
+    (
+        "ours+verify / ours+verify[quart path], req/s", "ours+verify",
+        "ours+verify[quart path]", SATURATE, "rate", None, "the lean path on, off",
+    ),
+    (
+        "ours+verify / ours, req/s", "ours+verify", "ours", SATURATE, "rate", None,
+        "the receiver against bare Quart, both on our server",
     ),
     (
         "ours+verify[sqlite] / ours+verify", "ours+verify[sqlite]", "ours+verify", SATURATE,
         "rate", None, "SQLite dedupe store end to end",
+    ),
+    (
+        "ours[uvloop] / ours, req/s", "ours[uvloop]", "ours", SATURATE, "rate", None,
+        "--loop uvloop on, bare Quart",
+    ),
+    (
+        "ours+verify[uvloop] / ours+verify, req/s", "ours+verify[uvloop]", "ours+verify",
+        SATURATE, "rate", None, "--loop uvloop on, full receiver",
+    ),
+    (
+        "ours[uvloop] / ours, new handshakes/s", "ours[uvloop]", "ours", HANDSHAKES, "rate",
+        None, "--loop uvloop on",
     ),
     (
         "nginx / baseline, req/s", "nginx", "baseline", SATURATE, "rate", None,
@@ -117,15 +145,35 @@ _RATIOS: tuple[tuple[str, str, str, Measure, str, float | None, str], ...] = (
     # Cross-checks that survive a busy machine: requests per second of server CPU.
     (
         "ours / baseline, keep-alive req per server CPU-s", "ours", "baseline", SATURATE,
-        "capacity", None, "server CPU cost ratio, robust to a time-shared core",
+        "capacity", None, "",
     ),
     (
         "ours / baseline, handshakes per server CPU-s", "ours", "baseline", HANDSHAKES,
-        "capacity", None, "server CPU cost ratio, robust to a time-shared core",
+        "capacity", 1.0, "",
+    ),
+    (
+        "ours+verify / baseline, req per server CPU-s", "ours+verify", "baseline", SATURATE,
+        "capacity", 1.5, "",
+    ),
+    (
+        "ours+verify[sqlite] / baseline, req per server CPU-s", "ours+verify[sqlite]",
+        "baseline", SATURATE, "capacity", 1.3, "",
+    ),
+    (
+        "ours+verify / ours+verify[quart path], req per server CPU-s", "ours+verify",
+        "ours+verify[quart path]", SATURATE, "capacity", None, "",
     ),
     (
         "ours+verify / ours, req per server CPU-s", "ours+verify", "ours", SATURATE,
-        "capacity", None, "server CPU cost ratio, robust to a time-shared core",
+        "capacity", None, "",
+    ),
+    (
+        "ours[uvloop] / ours, req per server CPU-s", "ours[uvloop]", "ours", SATURATE,
+        "capacity", None, "",
+    ),
+    (
+        "ours+verify[uvloop] / ours+verify, req per server CPU-s", "ours+verify[uvloop]",
+        "ours+verify", SATURATE, "capacity", None, "",
     ),
 )  # fmt: skip
 
@@ -241,7 +289,9 @@ def _asgi_rows(asgi: dict[str, float], samples: Samples) -> list[Row]:
     served = _median(
         [r.server_us_per_request or 0.0 for r in samples.get(("baseline", SATURATE), [])]
     )
-    added = asgi["Quart+verify"] - bare
+    # The checks' own cost is what they add to a Quart request: measured through Quart's
+    # request machinery (the lean path also saves most of Quart's own cost, see the rows).
+    added = asgi.get("Quart+verify[quart path]", asgi["Quart+verify"]) - bare
     share = added / served if served > 0 else float("nan")
     if not math.isnan(share):
         rows.append(

@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 from mtls_hooks.core._errors import ConfigurationError, IdentityError
 from mtls_hooks.core._identity import PeerIdentity, peer_from_scope
 from mtls_hooks.core._policy import PeerPolicy
+from mtls_hooks.receiver._asgi import lean_scope
 from mtls_hooks.receiver._responses import problem_response
 
 __all__ = ["current_peer", "require_peer"]
@@ -31,6 +32,9 @@ def _current_scope() -> Any:
         return request.scope
     if has_websocket_context():
         return websocket.scope
+    scope = lean_scope()  # a webhook handler started on the lean path (receiver/_asgi.py)
+    if scope is not None:
+        return scope
     raise IdentityError("current_peer() needs a request or websocket context", reason="no-context")
 
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 from mtls_hooks.core._errors import ConfigurationError, SignatureError, TimestampError
 from mtls_hooks.core._identity import PeerIdentity, peer_from_scope
 from mtls_hooks.core._signing import VerifiedMessage
+from mtls_hooks.receiver._asgi import lean_make_response, lean_no_content
 from mtls_hooks.receiver._endpoint import EndpointSettings
 from mtls_hooks.receiver._events import WebhookEvent
 from mtls_hooks.receiver._responses import problem_response
@@ -100,8 +101,15 @@ class WebhookView:
 
     async def handle(self) -> Response:
         """Handle one request: the view function (Quart calls it in the request context)."""
+        return await self.process(cast(Any, self._quart.request)._get_current_object())
+
+    async def process(self, req: Any) -> Response:
+        """Run the stages on ``req``: Quart's request, or the lean path's adapter (``_asgi``).
+
+        The adapter has what the stages read (method, headers, content length, scope, the
+        body) and ``wait_for_answer``, which also watches for the sender hanging up.
+        """
         started = time.perf_counter()
-        req = cast(Any, self._quart.request)._get_current_object()
         ep = self.ep
         try:
             peer = peer_from_scope(req.scope)
@@ -127,7 +135,7 @@ class WebhookView:
         payload, event_type = parsed
         log.event_type = event_type
         return await self._dispatch(
-            log, message, event_type=event_type, payload=payload, body=body, peer=peer
+            log, message, event_type=event_type, payload=payload, body=body, peer=peer, req=req
         )
 
     def _gate(self, req: Any, peer: PeerIdentity | None) -> Refusal | None:
@@ -214,6 +222,7 @@ class WebhookView:
         payload: Any,
         body: bytes,
         peer: PeerIdentity | None,
+        req: Any,
     ) -> Response:
         """Claim the id, run the handler once, and settle the claim by the outcome."""
         response_class = self._quart.Response
@@ -255,7 +264,10 @@ class WebhookView:
         tasks = self._tasks
         tasks.add(task)  # a strong reference: the loop holds tasks only weakly
         task.add_done_callback(tasks.discard)
-        return await answer
+        # Quart cancels this view when the sender hangs up; on the lean path the adapter
+        # watches for that itself.
+        wait_for_answer = getattr(req, "wait_for_answer", None)
+        return await (answer if wait_for_answer is None else wait_for_answer(answer))
 
     async def _run(
         self,
@@ -275,9 +287,7 @@ class WebhookView:
             try:
                 result = await handler(event)
                 response = (
-                    self._quart.Response(b"", 204)
-                    if result is None
-                    else await self._quart.current_app.make_response(result)
+                    self._no_content() if result is None else await self._make_response(result)
                 )
             except Exception as exc:
                 await _settle(store, key, success=False)
@@ -286,7 +296,7 @@ class WebhookView:
                 success = 200 <= response.status_code < 300
                 await _settle(store, key, success=success)
                 outcome = "handled" if success else "handler-refused"
-                response = log.done(cast("Response", response), outcome)
+                response = log.done(response, outcome)
         except Exception as exc:  # a fault past the handler (settling, logging): Quart's 500
             if answer.done():
                 raise
@@ -301,6 +311,24 @@ class WebhookView:
             raise
         if not answer.done():  # done means cancelled with the view: the sender has gone
             answer.set_result(response)
+
+    def _no_content(self) -> Response:
+        """The 204 of a handler that returned ``None``; shared on the lean path (``_asgi``)."""
+        quart = self._quart
+        if quart.has_app_context():  # the Quart path: after-request functions may change it
+            return cast("Response", quart.Response(b"", 204))
+        return cast("Response", lean_no_content())
+
+    async def _make_response(self, result: Any) -> Response:
+        """Quart's ``make_response``, in the app context the handler inherited, if any.
+
+        A handler started on the Quart path inherits the request's app context; one started
+        on the lean path has none, and ``lean_make_response`` enters one for this call.
+        """
+        quart = self._quart
+        if quart.has_app_context():
+            return cast("Response", await quart.current_app.make_response(result))
+        return cast("Response", await lean_make_response(result))
 
 
 async def drain_handlers(tasks: set[asyncio.Task[None]], timeout_s: float) -> None:

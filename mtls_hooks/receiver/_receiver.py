@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, Unpack
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.core._suggest import did_you_mean
+from mtls_hooks.receiver._asgi import LeanWebhooks, mount_lean_path
 from mtls_hooks.receiver._endpoint import (
     CONFIG_PREFIX,
     ENDPOINT_DEFAULTS,
@@ -102,6 +103,8 @@ class _AppState:
     endpoints: dict[str, EndpointSettings] = field(default_factory=dict)
     # Handlers running on this app (see WebhookView): awaited, then cancelled, at shutdown.
     handler_tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+    # The lean path on app.asgi_app (receiver/_asgi.py), None if another middleware was first.
+    lean: LeanWebhooks | None = None
 
 
 class WebhookEndpoint:
@@ -232,6 +235,7 @@ class WebhookReceiver:
         state.receiver_config = receiver_config
         self._states[app] = state
         app.extensions[EXTENSION_KEY] = self
+        state.lean = mount_lean_path(app)
         for settings in compiled:
             self._route(app, state, settings)
 
@@ -336,13 +340,17 @@ class WebhookReceiver:
             # accepted and not enforced.
             raise ConfigurationError(f"endpoint {settings.name!r}: rate_limit is not available")
         state.endpoints[settings.name] = settings
+        view = WebhookView(settings, state.store, self._handlers, state.handler_tasks)
         app.add_url_rule(
             settings.path,
             f"{EXTENSION_KEY}.{settings.name}",
-            WebhookView(settings, state.store, self._handlers, state.handler_tasks).handle,
+            view.handle,
             methods=_METHODS,
             provide_automatic_options=False,
         )
+        # A rule with converters (<name>) matches many paths: only Quart's router knows which.
+        if state.lean is not None and not settings.quart_request and "<" not in settings.path:
+            state.lean.views[settings.path] = view
 
     def settings(self, app: Quart, name: str) -> EndpointSettings:
         """Return the compiled settings of endpoint ``name`` on ``app`` (for inspection).
