@@ -31,6 +31,9 @@ def claim_all(spec: Spec, ids: list[str], seed: int, barrier: Any, results: Any)
         raise
 
 
+ROUNDS = 10
+
+
 async def _claim_all(spec: Spec, ids: list[str], barrier: Any) -> list[str]:
     store = spec.open()
     try:
@@ -42,8 +45,15 @@ async def _claim_all(spec: Spec, ids: list[str], barrier: Any) -> list[str]:
                 state = await store.claim(webhook_id)
             return webhook_id if state is ClaimState.CLAIMED else None
 
-        await asyncio.to_thread(barrier.wait, 60)
-        won = await asyncio.gather(*(one(webhook_id) for webhook_id in ids))
+        # Rounds behind the barrier: every process claims its next tenth at the same time as
+        # the others, so none can finish before another starts (a loaded machine may
+        # schedule one process long before the rest), and each round meets ids the others
+        # claim in that round or have claimed before.
+        won: list[str | None] = []
+        step = max(1, len(ids) // ROUNDS)
+        for start in range(0, len(ids), step):
+            await asyncio.to_thread(barrier.wait, 60)
+            won += await asyncio.gather(*(one(i) for i in ids[start : start + step]))
         return [webhook_id for webhook_id in won if webhook_id is not None]
     finally:
         await store.aclose()
