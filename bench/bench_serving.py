@@ -111,6 +111,10 @@ _RATIOS: tuple[tuple[str, str, str, Measure, str, float | None, str], ...] = (
         "full receiver (memory dedupe) against bare Quart on stock Hypercorn",
     ),
     (
+        "ours+verify[uvloop] / baseline, req/s", "ours+verify[uvloop]", "baseline", SATURATE,
+        "rate", 1.5, "the same with --loop uvloop",
+    ),
+    (
         "ours+verify[sqlite] / baseline, req/s", "ours+verify[sqlite]", "baseline", SATURATE,
         "rate", 1.3, "full receiver (SQLite dedupe) against bare Quart on stock Hypercorn",
     ),
@@ -154,6 +158,10 @@ _RATIOS: tuple[tuple[str, str, str, Measure, str, float | None, str], ...] = (
     (
         "ours+verify / baseline, req per server CPU-s", "ours+verify", "baseline", SATURATE,
         "capacity", 1.5, "",
+    ),
+    (
+        "ours+verify[uvloop] / baseline, req per server CPU-s", "ours+verify[uvloop]",
+        "baseline", SATURATE, "capacity", 1.5, "",
     ),
     (
         "ours+verify[sqlite] / baseline, req per server CPU-s", "ours+verify[sqlite]",
