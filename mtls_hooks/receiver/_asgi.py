@@ -6,8 +6,10 @@ of a webhook endpoint is handed to that endpoint's :class:`~mtls_hooks.receiver.
 WebhookView` directly, through :class:`LeanRequest`, a small adapter with what the pipeline's
 stages read (method, headers, content length, scope, a streamed body under the caps); the
 same stages run in the same order with the same refusals and decision line, and the answer
-is sent on ``send``. Everything else (other routes, other methods, an app whose request
-hooks or signals must see every request) goes to Quart untouched. Quart's request machinery
+is sent on ``send``. Everything else goes to Quart untouched: other routes and methods, an
+app whose request hooks or signal receivers must see every request, rule paths with
+converters, an ``app.asgi_app`` that another middleware wrapped first, and endpoints with
+``quart_request=True``. Quart's request machinery
 (a Request and its Headers built per request, two tasks and an ``asyncio.wait`` per request,
 the request and app contexts, ``full_dispatch_request``) costs about half of a served
 webhook; the stages themselves cost little.
@@ -18,6 +20,12 @@ the scope this module keeps in a context variable), a Quart response when it ret
 (made in an app context, entered for that case only), a worker thread for a sync handler.
 There is no Quart request context: a handler that reads ``quart.request`` or ``session``
 needs the endpoint option ``quart_request=True``, which serves that endpoint through Quart.
+
+A sender hanging up: Quart cancels its view at once, wherever it is. The lean path notices
+while it reads the body (nothing is answered or logged, as there) and while it waits for a
+handler slower than ``_WATCH_AFTER_S`` (the view ends; the handler's task runs on and logs,
+as there). Between the two, the checks and the dedupe claim of a complete request run to
+their end, and its handler starts: the same as a sender that hangs up during its handler.
 """
 
 from __future__ import annotations
