@@ -496,7 +496,6 @@ async def test_the_lean_view_ends_when_the_sender_hangs_up(sender: Sender) -> No
 
 
 def test_the_lean_path_on_uvloop(rig: Rig, sender: Sender, log_lines: LogLines) -> None:
-    pytest.importorskip("uvloop")
     seen = Seen()
     config = rig.server.config.replace(loop="uvloop")
     with running_server(build_app(sender, seen), config) as server:

@@ -9,6 +9,8 @@ checks that the loop really is uvloop's, so a fallback to asyncio cannot pass fo
 What a refused client reads differs: uvloop drops what OpenSSL queued (an alert) and closes
 the socket, so every refused client sees an unexpected EOF, and the refusal line has no peer
 address (``_refusals.py`` finds both only in asyncio's frames). The README says so.
+
+uvloop is in the dev extra: these tests fail, rather than skip, where it is missing.
 """
 
 from __future__ import annotations
@@ -38,8 +40,6 @@ from mtls_hooks.testing import (
     running_server_process,
 )
 from tests.serving.conftest import Cast, Identity, LogCollector, Pki
-
-uvloop = pytest.importorskip("uvloop")  # the dev extra installs it
 
 app = Quart(__name__)
 UVLOOP_APP = f"{__name__}:app"
