@@ -41,8 +41,10 @@ from hypercorn.utils import wrap_app
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.core._problem import PROBLEM_CONTENT_TYPE, problem_body
+from mtls_hooks.metrics._registry import current_metrics
 from mtls_hooks.serving._asgi_tls import tls_extension
 from mtls_hooks.serving._config import ServerConfig, parse_bind
+from mtls_hooks.serving._observe import expiry_alarm_task
 from mtls_hooks.serving._refusals import log_refusal
 from mtls_hooks.serving._refusals import quote as _quote
 from mtls_hooks.serving._reload import TLSMaterial
@@ -212,6 +214,9 @@ class _TLSTCPServer(_ORIGINAL_TCP_SERVER):  # type: ignore[misc]
         if isinstance(config, _MtlsHypercornConfig):
             ssl_object = writer.get_extra_info("ssl_object")
             if ssl_object is not None:
+                metrics = current_metrics()
+                if metrics is not None:
+                    metrics.handshake("ok")
                 pem = config.material.server_cert_pem(ssl_object.context)
                 app = _TLSScopeApp(
                     app, tls_extension(ssl_object, pem), config.h11_max_incomplete_size
@@ -399,6 +404,11 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _config_in_force(material: TLSMaterial) -> ServerConfig:
+    """The configuration of the material serving now (a reload may have replaced it)."""
+    return material.current.config
+
+
 async def serve_async(
     app: Any,
     config: ServerConfig,
@@ -407,6 +417,7 @@ async def serve_async(
     sockets: Sequence[socket.socket] | None = None,
     ready: Callable[[], None] | None = None,
     material: TLSMaterial | None = None,
+    expiry_alarm: bool = True,
 ) -> None:
     """Serve ``app`` in the running event loop until ``shutdown_trigger`` returns.
 
@@ -419,6 +430,8 @@ async def serve_async(
             are closed when serving ends.
         ready: called once the server accepts connections.
         material: pre-built TLS material (to call :meth:`TLSMaterial.reload` from outside).
+        expiry_alarm: check certificate and CRL expiry at start-up and daily, logging what
+            is close (one process of several runs it, so each warning is logged once).
 
     Raises:
         ConfigurationError: invalid certificate, key, CA, CRL or pins; unbindable address.
@@ -445,6 +458,9 @@ async def serve_async(
             shutdown_trigger = stop.wait
         if config.watch_files:
             watcher = loop.create_task(material.watch(stop_watching))
+        if expiry_alarm:
+            alarm = expiry_alarm_task(functools.partial(_config_in_force, material))
+            cleanups.append(alarm.cancel)
         hc = _hypercorn_config(config, material, ready)
         trigger = shutdown_trigger
 
