@@ -7,9 +7,18 @@ parsed before the signature verified::
     → size 413 (Content-Length, then while reading) → signature + timestamp 401
     → JSON + event type 400 → dedupe (duplicate 204, in flight 503) → handler
 
+The signature stage first reads the three webhook headers from the scope, each at most once:
+a repeated ``webhook-id``, ``webhook-timestamp`` or ``webhook-signature`` is 401
+``malformed-header``, the Verifier's reason for two different values, whatever the values.
+
 Each stage returns either a value for the next one or a :class:`Refusal`, which
 :class:`DecisionLog` renders as the problem response while writing the request's single
-decision line.
+decision line. A fault of the receiver's own past the checks is a logged problem 500 too.
+
+A refusal sent before the body was read is safe over HTTP/2 as well: the client may go on
+sending that stream's body (RFC 9113 §8.1), and the serving layer discards it without
+touching the connection's other streams (``mtls_hooks.serving._serving._Streams``). So no
+stage reads a body it is about to refuse, on either protocol.
 
 Cost: everything is bound when the endpoint is compiled (keys, policy, networks, credential
 bytes, Quart names), unconfigured checks are skipped, identity verdicts are cached per
@@ -28,34 +37,22 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from mtls_hooks.core._errors import ConfigurationError, SignatureError, TimestampError
 from mtls_hooks.core._identity import PeerIdentity, peer_from_scope
 from mtls_hooks.core._signing import VerifiedMessage
 from mtls_hooks.receiver._asgi import lean_make_response, lean_no_content
+from mtls_hooks.receiver._decisions import DecisionLog, Refusal, logger
 from mtls_hooks.receiver._endpoint import EndpointSettings
 from mtls_hooks.receiver._events import WebhookEvent
-from mtls_hooks.receiver._responses import problem_response
 from mtls_hooks.stores._replay import ClaimState, DedupeStore
 
 if TYPE_CHECKING:
     from quart import Response
 
 __all__ = ["AsyncHandler", "DecisionLog", "Refusal", "WebhookView", "drain_handlers", "logger"]
-
-logger = logging.getLogger("mtls_hooks.receiver")
-
-
-class Refusal(NamedTuple):
-    """Why a request is refused; rendered as an RFC 9457 problem by :class:`DecisionLog`."""
-
-    status: int
-    reason: str
-    detail: str
-    headers: Mapping[str, str] | None = None
-
 
 AsyncHandler = Callable[[WebhookEvent], Awaitable[Any]]
 HandlerTable = Mapping[tuple[str | None, str | None], AsyncHandler]
@@ -116,27 +113,35 @@ class WebhookView:
         except ConfigurationError:
             peer = None  # an unreadable certificate counts as none: refused if one is required
         log = DecisionLog(ep.name, peer, started)
-        refusal = self._gate(req, peer)
-        if refusal is not None:
-            return _close_if_unread(req, log.refused(refusal))
-        body = await self._read(req)
-        if isinstance(body, Refusal):
-            return _close_if_unread(req, log.refused(body))
-        headers = req.headers
         try:
-            message = ep.verifier.verify(headers, body)
-        except (SignatureError, TimestampError) as exc:
-            log.event_id = headers.get("webhook-id")  # unverified: the logger quotes it
-            return log.refused(Refusal(401, exc.reason, str(exc)))
-        log.event_id = message.webhook_id
-        parsed = self._parse(body)
-        if isinstance(parsed, Refusal):
-            return log.refused(parsed)
-        payload, event_type = parsed
-        log.event_type = event_type
-        return await self._dispatch(
-            log, message, event_type=event_type, payload=payload, body=body, peer=peer, req=req
-        )
+            refusal = self._gate(req, peer)
+            if refusal is not None:
+                return _close_if_unread(req, log.refused(refusal))
+            body = await self._read(req)
+            if isinstance(body, Refusal):
+                return _close_if_unread(req, log.refused(body))
+            headers = _webhook_headers(req.scope["headers"])
+            if isinstance(headers, Refusal):
+                return log.refused(headers)
+            try:
+                message = ep.verifier.verify(headers, body)
+            except (SignatureError, TimestampError) as exc:
+                log.event_id = headers.get(_ID_HEADER)  # unverified: the logger quotes it
+                return log.refused(Refusal(401, exc.reason, str(exc)))
+            log.event_id = message.webhook_id
+            parsed = self._parse(body)
+            if isinstance(parsed, Refusal):
+                return log.refused(parsed)
+            payload, event_type = parsed
+            log.event_type = event_type
+            return await self._dispatch(
+                log, message, event_type=event_type, payload=payload, body=body, peer=peer, req=req
+            )
+        except Exception as exc:
+            # Anything unforeseen past the checks: a problem+json 500 with its decision line
+            # and traceback, never Quart's bare 500 page without one. (Cancellation is not
+            # an Exception: the serving layer logs the 500 hypercorn sends for that.)
+            return log.failed(exc, internal=True)
 
     def _gate(self, req: Any, peer: PeerIdentity | None) -> Refusal | None:
         """Run every check that needs no body; unconfigured checks cost nothing."""
@@ -414,6 +419,31 @@ async def _read_body(body: Any, length: int | None, max_body_bytes: int) -> byte
     return b"".join(chunks)
 
 
+def _webhook_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str] | Refusal:
+    """Read the three Standard Webhooks headers from the ASGI scope, each at most once.
+
+    A repeated one is refused as the Verifier refuses two different values (401
+    ``malformed-header``), and so is a repetition of one value: RFC 9110 §5.3 forbids
+    repeating a field that is not a list, and a proxy may join the lines with a comma. Taking
+    one of them, as a ``Headers.get`` would, lets a middlebox or a client choose the value
+    that is verified. One pass over the raw pairs (names lower-cased: ASGI only says they
+    should be) costs less than the three lookups in Quart's headers it replaces.
+    """
+    found: dict[str, str] = {}
+    for raw_name, raw_value in raw_headers:
+        name = _WEBHOOK_HEADERS.get(raw_name.lower())
+        if name is None:
+            continue
+        if name in found:
+            return Refusal(
+                401,
+                "malformed-header",
+                f"the {name} header appears more than once; send each webhook header once",
+            )
+        found[name] = raw_value.decode("latin-1")  # ASGI header values are latin-1 bytes
+    return found
+
+
 def _too_large(size: int, max_body_bytes: int) -> Refusal:
     return Refusal(
         413,
@@ -422,6 +452,10 @@ def _too_large(size: int, max_body_bytes: int) -> Refusal:
     )
 
 
+_ID_HEADER: Final = "webhook-id"
+_WEBHOOK_HEADERS: Final = {
+    name.encode(): name for name in (_ID_HEADER, "webhook-timestamp", "webhook-signature")
+}
 _NOT_POST: Final = Refusal(
     405, "method-not-allowed", "webhooks are delivered with POST", {"Allow": "POST"}
 )
@@ -445,104 +479,3 @@ _IN_FLIGHT: Final = Refusal(503, "in-flight", "", {"Retry-After": "5"})
 _STORE_DOWN: Final = Refusal(
     503, "store-unavailable", "the dedupe store is unavailable; retry later", {"Retry-After": "30"}
 )
-
-
-_SAFE_LOG_CHARS: Final = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:/+=@"
-)
-
-
-def _logfmt(value: object) -> str:
-    """Render one logfmt value; quote anything that could forge a field or a line."""
-    if value is None:
-        return "-"
-    text = str(value)[:256]
-    if text and all(c in _SAFE_LOG_CHARS for c in text):
-        return text
-    return json.dumps(text)
-
-
-class _LogLine:
-    """The logfmt text of a decision, rendered only if a handler formats the record."""
-
-    __slots__ = ("fields",)
-
-    def __init__(self, fields: dict[str, Any]) -> None:
-        self.fields = fields
-
-    def __str__(self) -> str:
-        return "webhook " + " ".join(f"{k}={_logfmt(v)}" for k, v in self.fields.items())
-
-
-class DecisionLog:
-    """What is known about one request, written as its single decision line.
-
-    The line is logfmt (``webhook outcome=refused status=401 endpoint=billing ...``) and the
-    same fields ride on the record as ``record.webhook`` (a dict) for JSON formatters.
-    Refusals log at WARNING, acknowledgements at INFO, handler failures at ERROR with the
-    traceback (which never reaches the response).
-    """
-
-    __slots__ = ("endpoint", "event_id", "event_type", "peer", "started")
-
-    def __init__(self, endpoint: str, peer: PeerIdentity | None, started: float) -> None:
-        self.endpoint = endpoint
-        self.peer = peer
-        self.started = started
-        self.event_id: str | None = None
-        self.event_type: str | None = None
-
-    def refused(self, refusal: Refusal, *, level: int = logging.WARNING) -> Response:
-        """Render ``refusal`` as a problem response, log it, and return it."""
-        response = cast(
-            "Response",
-            problem_response(refusal.status, detail=refusal.detail, reason=refusal.reason),
-        )
-        if refusal.headers:
-            response.headers.update(refusal.headers)
-        self._write(level, "refused", response.status_code, refusal.reason)
-        return response
-
-    def done(self, response: Response, outcome: str) -> Response:
-        """Log an acknowledgement or a handler's own answer, and return it."""
-        self._write(logging.INFO, outcome, response.status_code, None)
-        return response
-
-    def failed(self, exc: Exception) -> Response:
-        """Log a handler exception with its traceback; answer a 500 without one."""
-        response = cast(
-            "Response",
-            problem_response(
-                500,
-                detail=f"the handler of webhook {self.event_id} failed; it was not "
-                "acknowledged and may be retried",
-                reason="handler-error",
-            ),
-        )
-        self._write(logging.ERROR, "handler-error", 500, type(exc).__name__, exc)
-        return response
-
-    def _write(
-        self,
-        level: int,
-        outcome: str,
-        status: int,
-        reason: str | None,
-        exc: Exception | None = None,
-    ) -> None:
-        if not logger.isEnabledFor(level):
-            return
-        latency_ms = (time.perf_counter() - self.started) * 1000.0
-        peer = self.peer
-        fields = {
-            "outcome": outcome,
-            "status": status,
-            "endpoint": self.endpoint,
-            "event_id": self.event_id,
-            "event_type": self.event_type,
-            "peer_pin": peer.spki_pin if peer else None,
-            "peer_subject": peer.subject if peer else None,
-            "reason": reason,
-            "latency_ms": round(latency_ms, 3),
-        }
-        logger.log(level, "%s", _LogLine(fields), exc_info=exc, extra={"webhook": fields})

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import signal
 import socket
@@ -33,10 +34,12 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 import hypercorn.asyncio.run as hypercorn_run
+import hypercorn.protocol as hypercorn_protocol
 from hypercorn.asyncio.task_group import TaskGroup as HypercornTaskGroup
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.events import Closed, RawData
+from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.utils import wrap_app
 
 from mtls_hooks.core._errors import ConfigurationError
@@ -45,6 +48,7 @@ from mtls_hooks.metrics._registry import current_metrics
 from mtls_hooks.serving._asgi_tls import tls_extension
 from mtls_hooks.serving._config import ServerConfig, parse_bind
 from mtls_hooks.serving._observe import expiry_alarm_task
+from mtls_hooks.serving._refusals import format_addr as _format_addr
 from mtls_hooks.serving._refusals import log_refusal
 from mtls_hooks.serving._refusals import quote as _quote
 from mtls_hooks.serving._reload import TLSMaterial
@@ -52,6 +56,7 @@ from mtls_hooks.serving._reload import TLSMaterial
 __all__ = ["create_sockets", "log_refusal", "serve_async"]
 
 refusal_logger = logging.getLogger("mtls_hooks.tls")
+server_logger = logging.getLogger("mtls_hooks.serving")
 _LISTEN_BACKLOG = 2048  # bursts of new handshakes must not overflow into SYN retries
 _STRAGGLER_MARGIN_S = 1.0
 _MAX_RECV = 2**16  # bytes per read, as hypercorn's own TCPServer
@@ -112,7 +117,34 @@ class _TLSScopeApp:
             tls = {**self._tls, "client_cert_chain": list(self._tls["client_cert_chain"])}
             # A fresh dict per scope: nothing the app does leaks into another request.
             scope = {**scope, "extensions": {**(scope.get("extensions") or {}), "tls": tls}}
-        await self._app(scope, receive, send, sync_spawn, call_soon)
+        try:
+            await self._app(scope, receive, send, sync_spawn, call_soon)
+        except BaseException as exc:  # costs nothing until something is raised
+            _log_unanswered(scope, send, exc)
+            raise
+
+
+def _log_unanswered(scope: Any, send: Any, exc: BaseException) -> None:
+    """Log the 500 hypercorn sends for a request whose app ended before answering it.
+
+    Hypercorn's ``HTTPStream`` answers 500 when the app's task ends while the stream is still
+    in state ``REQUEST`` (``app_send(None)``): after an exception, which it logs as "Error in
+    ASGI Framework", and after a cancellation (the connection's task group torn down, a
+    shutdown past its grace period), which it does not log at all. ``send`` is that stream's
+    bound ``app_send``; its state is read only on this path.
+    """
+    if scope["type"] != "http":
+        return
+    state = getattr(getattr(getattr(send, "__self__", None), "state", None), "name", None)
+    if state != "REQUEST":  # the response had started: no 500 follows
+        return
+    server_logger.error(
+        "event=server_error status=500 method=%s path=%s peer=%s reason=%s",
+        scope.get("method"),
+        json.dumps(str(scope.get("path", ""))[:256]),
+        _format_addr(scope.get("client")),
+        "cancelled" if isinstance(exc, asyncio.CancelledError) else type(exc).__name__,
+    )
 
 
 async def _refuse_headers(scope: Any, send: Any, size: int, limit: int) -> None:
@@ -154,6 +186,8 @@ class _IdleTimer:
     ``filterwarnings = error`` turns into the failure of an unrelated test. A group that
     takes no more tasks belongs to a connection being torn down, which needs no idle timer:
     the coroutine is closed and the caller carries on. Otherwise behaves as hypercorn's.
+    (:class:`_Streams` now keeps that DATA frame from failing the group; any other teardown
+    of a group still takes this path.)
     """
 
     __slots__ = ("_closed", "_lock", "_task")
@@ -194,6 +228,46 @@ class _IdleTimer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+class _AnsweredStream:
+    """Stands in for an HTTP/2 stream that hypercorn has answered and forgotten."""
+
+    __slots__ = ()
+
+    async def handle(self, event: Any) -> None:
+        """Drop the event: the answer is out, and the rest of the body is not wanted."""
+
+
+_ANSWERED = _AnsweredStream()
+
+
+class _Streams(dict[int, Any]):
+    """``H2Protocol.streams``, where a stream id no longer held finds :data:`_ANSWERED`.
+
+    RFC 9113 §8.1: a server may answer before the request is complete, and the client may go
+    on sending its body. Hypercorn 0.18 forgets a stream once its answer is out, then looks
+    it up by id for each later DATA frame; the ``KeyError`` (pgjones/hypercorn#329, fixes
+    proposed in #334 and #365) ended the connection's task group, so every concurrent
+    request on the connection was cancelled (answered 500, or left hanging on a send task
+    cancelled first). With this mapping such DATA is discarded, and hypercorn still
+    acknowledges it, so the connection's flow-control window is not lost with it. A dict
+    subclass with only ``__missing__`` keeps the C lookup for the ids it holds.
+    """
+
+    __slots__ = ()
+
+    def __missing__(self, stream_id: int) -> _AnsweredStream:
+        return _ANSWERED
+
+
+class _H2Protocol(H2Protocol):
+    """Hypercorn's h2 protocol, with :class:`_Streams` on mtls-hooks connections only."""
+
+    def __init__(self, app: Any, config: HypercornConfig, *args: Any) -> None:
+        super().__init__(app, config, *args)
+        if isinstance(config, _MtlsHypercornConfig):
+            self.streams = _Streams()
 
 
 _ORIGINAL_TCP_SERVER: Any = getattr(hypercorn_run, "TCPServer", None)
@@ -289,6 +363,9 @@ def _tls_scope_patch() -> Iterator[None]:
     with _patch_lock:
         if _patch_users == 0:
             setattr(hypercorn_run, "TCPServer", _TLSTCPServer)  # noqa: B010
+            # ProtocolWrapper looks H2Protocol up here, for ALPN h2 and for a prior-knowledge
+            # preface on an http/1.1 connection alike.
+            setattr(hypercorn_protocol, "H2Protocol", _H2Protocol)  # noqa: B010
         _patch_users += 1
     try:
         yield
@@ -297,6 +374,7 @@ def _tls_scope_patch() -> Iterator[None]:
             _patch_users -= 1
             if _patch_users == 0:
                 setattr(hypercorn_run, "TCPServer", _ORIGINAL_TCP_SERVER)  # noqa: B010
+                setattr(hypercorn_protocol, "H2Protocol", H2Protocol)  # noqa: B010
 
 
 # --------------------------------------------------------------------------- serving
