@@ -3,9 +3,15 @@
 Order, cheapest and least revealing first; the body is not read before the size check, nor
 parsed before the signature verified::
 
-    method 405 → peer identity 403 → source IP 403 → HTTP Basic 401 → content type 415
-    → size 413 (Content-Length, then while reading) → signature + timestamp 401
-    → JSON + event type 400 → dedupe (duplicate 204, in flight 503) → handler
+    method 405 → peer identity 403 → source IP 403 → rate limit 429 → HTTP Basic 401
+    → content type 415 → size 413 (Content-Length, then while reading)
+    → signature + timestamp 401 → JSON + event type 400
+    → dedupe (duplicate 204, in flight 503) → handler
+
+The rate limit (``rate_limit``, a token bucket per client SPKI pin) comes right after the
+identity checks: an identity the endpoint refuses spends nothing, and one over its limit costs
+no body read, signature or store write. A store that cannot be reached, for the limit or the
+dedupe claim, is 503 with ``Retry-After``: never a 2xx for an event that was not recorded.
 
 The signature stage first reads the three webhook headers from the scope, each at most once:
 a repeated ``webhook-id``, ``webhook-timestamp`` or ``webhook-signature`` is 401
@@ -47,6 +53,7 @@ from mtls_hooks.receiver._asgi import lean_make_response, lean_no_content
 from mtls_hooks.receiver._decisions import DecisionLog, Refusal, logger
 from mtls_hooks.receiver._endpoint import EndpointSettings
 from mtls_hooks.receiver._events import WebhookEvent
+from mtls_hooks.stores._ratelimit import Rate, RateLimiter, retry_after_header
 from mtls_hooks.stores._replay import ClaimState, DedupeStore
 
 if TYPE_CHECKING:
@@ -68,6 +75,7 @@ class WebhookView:
     __slots__ = (
         "_accepted_text",
         "_handlers",
+        "_limiter",
         "_quart",
         "_store",
         "_tasks",
@@ -81,6 +89,7 @@ class WebhookView:
         store: DedupeStore,
         handlers: HandlerTable,
         tasks: set[asyncio.Task[None]],
+        limiter: RateLimiter | None = None,
     ) -> None:
         import quart
         from werkzeug.exceptions import RequestEntityTooLarge
@@ -91,6 +100,8 @@ class WebhookView:
         self._handlers = handlers
         # The running handler tasks of the app, awaited by drain_handlers at shutdown.
         self._tasks = tasks
+        # Consulted only when the endpoint has a rate_limit: None costs nothing per request.
+        self._limiter = limiter if ep.rate_limit is not None else None
         self._accepted_text = ", ".join(sorted(ep.content_types))
         # Bound once: an import statement in the request path costs a lookup every time.
         self._quart = quart
@@ -112,9 +123,13 @@ class WebhookView:
             peer = peer_from_scope(req.scope)
         except ConfigurationError:
             peer = None  # an unreadable certificate counts as none: refused if one is required
-        log = DecisionLog(ep.name, peer, started)
+        log = DecisionLog(ep.name, peer, started, req.method)
         try:
             refusal = self._gate(req, peer)
+            if refusal is None and self._limiter is not None:
+                refusal = await self._limit(req, peer)
+            if refusal is None:
+                refusal = self._gate_request(req)
             if refusal is not None:
                 return _close_if_unread(req, log.refused(refusal))
             body = await self._read(req)
@@ -161,6 +176,36 @@ class WebhookView:
                     "ip-not-allowed",
                     f"source address {address} is not allowed on this endpoint",
                 )
+        return None
+
+    async def _limit(self, req: Any, peer: PeerIdentity | None) -> Refusal | None:
+        """Take a token from the client identity's bucket: 429 when it is empty."""
+        ep = self.ep
+        rate = cast("Rate", ep.rate_limit)
+        if peer is not None:
+            who = peer.spki_pin
+        else:  # an endpoint without require_peer: the source address stands in
+            client = req.scope.get("client")
+            who = f"ip:{client[0] if client else 'unknown'}"
+        key = f"{ep.name} {who}" if ep.rate_limit_per_endpoint else who
+        try:
+            wait_s = await cast("RateLimiter", self._limiter).acquire(key, rate)
+        except Exception:
+            logger.exception("rate-limit store failed on endpoint %s", ep.name)
+            return _STORE_DOWN
+        if not wait_s:
+            return None
+        return Refusal(
+            429,
+            "rate-limited",
+            f"this client may send {rate.count} webhooks per {rate.period_s:g} s here; "
+            f"retry in {wait_s:.1f} s",
+            {"Retry-After": retry_after_header(wait_s)},
+        )
+
+    def _gate_request(self, req: Any) -> Refusal | None:
+        """The checks of the request itself that need no body: credentials, type, size."""
+        ep = self.ep
         headers = req.headers
         if ep.basic_auth is not None and not ep.basic_auth_ok(headers.get("authorization")):
             return _BAD_BASIC

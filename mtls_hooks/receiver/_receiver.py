@@ -335,12 +335,10 @@ class WebhookReceiver:
         return compile_endpoint(endpoint.name, endpoint.path, merge_options(layers))
 
     def _route(self, app: Quart, state: _AppState, settings: EndpointSettings) -> None:
-        if settings.rate_limit is not None:
-            # Fail closed until the pipeline's rate-limit stage is in: never a limit that is
-            # accepted and not enforced.
-            raise ConfigurationError(f"endpoint {settings.name!r}: rate_limit is not available")
         state.endpoints[settings.name] = settings
-        view = WebhookView(settings, state.store, self._handlers, state.handler_tasks)
+        view = WebhookView(
+            settings, state.store, self._handlers, state.handler_tasks, state.limiter
+        )
         app.add_url_rule(
             settings.path,
             f"{EXTENSION_KEY}.{settings.name}",
