@@ -115,6 +115,11 @@ def served(tmp_path_factory: pytest.TempPathFactory, certs_ca: CA) -> Iterator[S
         # One pinned probe (one handshake counted "ok"); it waits in the shared backlog until
         # a worker accepts it, so no retry (which would count twice) is needed.
         assert served.request("GET", "/ready", pinned, timeout_s=60) == 404
+        # Worker 0 runs the expiry check when it starts, which may be after worker 1 served
+        # the probe: its gauges are the sign that both are up.
+        while "mtls_hooks_certificate_expiry_timestamp_seconds{" not in served.scrape()[1]:
+            assert time.monotonic() < deadline, "worker 0 never reported its expiry check"
+            time.sleep(0.05)  # polling the listener for a state; there is no event to await
         yield served
     finally:
         proc.send_signal(signal.SIGTERM)
