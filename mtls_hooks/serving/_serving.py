@@ -25,9 +25,11 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import signal
 import socket
 import ssl
+import stat
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
@@ -45,8 +47,10 @@ from hypercorn.utils import wrap_app
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.core._problem import PROBLEM_CONTENT_TYPE, problem_body
 from mtls_hooks.metrics._registry import current_metrics
+from mtls_hooks.proxy._settings import UNIX_BIND_PREFIX
 from mtls_hooks.serving._asgi_tls import tls_extension
 from mtls_hooks.serving._config import ServerConfig, parse_bind
+from mtls_hooks.serving._forwarded import ProxyMaterial, make_material
 from mtls_hooks.serving._observe import expiry_alarm_task
 from mtls_hooks.serving._refusals import format_addr as _format_addr
 from mtls_hooks.serving._refusals import log_refusal
@@ -68,7 +72,9 @@ _MAX_RECV = 2**16  # bytes per read, as hypercorn's own TCPServer
 class _MtlsHypercornConfig(HypercornConfig):
     """A hypercorn config whose TLS context is the reloadable, pinning one."""
 
-    def __init__(self, material: TLSMaterial, ready: Callable[[], None] | None) -> None:
+    def __init__(
+        self, material: TLSMaterial | ProxyMaterial, ready: Callable[[], None] | None
+    ) -> None:
         super().__init__()
         self.material = material
         self._ready = ready
@@ -81,14 +87,26 @@ class _MtlsHypercornConfig(HypercornConfig):
 
     @property
     def ssl_enabled(self) -> bool:
-        return True
+        if self.material.listening_context is not None:
+            return True
+        # Plain HTTP behind a proxy: worker_serve reads this after lifespan startup, right
+        # before serving, and never calls create_ssl_context: say "ready" here instead.
+        self._say_ready()
+        return False
+
+    def _say_ready(self) -> None:
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            asyncio.get_running_loop().call_soon(ready)
 
     def create_ssl_context(self) -> ssl.SSLContext:
         # worker_serve calls this after lifespan startup and right before start_server on
         # the (already listening) sockets: the right moment to say "ready".
-        if self._ready is not None:
-            asyncio.get_running_loop().call_soon(self._ready)
-        return self.material.listening_context
+        self._say_ready()
+        context = self.material.listening_context
+        if context is None:  # ssl_enabled said False: worker_serve never gets here
+            raise ConfigurationError("plain HTTP listener has no TLS context")
+        return context
 
 
 class _TLSScopeApp:
@@ -389,6 +407,9 @@ def create_sockets(config: ServerConfig) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     try:
         for bind in config.bind:
+            if bind.startswith(UNIX_BIND_PREFIX):
+                sockets.append(_unix_socket(bind))
+                continue
             host, port = parse_bind(bind)
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             try:
@@ -406,6 +427,27 @@ def create_sockets(config: ServerConfig) -> list[socket.socket]:
     return sockets
 
 
+def _unix_socket(bind: str) -> socket.socket:
+    """Listen on ``unix:/path``; a stale socket file (not any other file) is replaced.
+
+    Raises:
+        ConfigurationError: if the path cannot be bound.
+    """
+    path = bind[len(UNIX_BIND_PREFIX) :]
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(_LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(f"cannot bind {bind}: {exc.strerror}") from exc
+    sock.setblocking(False)
+    return sock
+
+
 def _no_delay(sock: socket.socket) -> None:
     """Turn Nagle off on a listening socket; the connections it accepts inherit it (Linux).
 
@@ -418,7 +460,7 @@ def _no_delay(sock: socket.socket) -> None:
 
 
 def _hypercorn_config(
-    config: ServerConfig, material: TLSMaterial, ready: Callable[[], None] | None
+    config: ServerConfig, material: TLSMaterial | ProxyMaterial, ready: Callable[[], None] | None
 ) -> _MtlsHypercornConfig:
     hc = _MtlsHypercornConfig(material, ready)
     hc.bind = list(config.bind)
@@ -482,9 +524,9 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _config_in_force(material: TLSMaterial) -> ServerConfig:
+def _config_in_force(material: TLSMaterial | ProxyMaterial) -> ServerConfig:
     """The configuration of the material serving now (a reload may have replaced it)."""
-    return material.current.config
+    return material.config if isinstance(material, ProxyMaterial) else material.current.config
 
 
 async def serve_async(
@@ -494,7 +536,7 @@ async def serve_async(
     shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
     sockets: Sequence[socket.socket] | None = None,
     ready: Callable[[], None] | None = None,
-    material: TLSMaterial | None = None,
+    material: TLSMaterial | ProxyMaterial | None = None,
     expiry_alarm: bool = True,
 ) -> None:
     """Serve ``app`` in the running event loop until ``shutdown_trigger`` returns.
@@ -516,7 +558,9 @@ async def serve_async(
     """
     loop = asyncio.get_running_loop()
     if material is None:
-        material = TLSMaterial(config, on_refusal=log_refusal)
+        material = make_material(config, on_refusal=log_refusal)
+    if isinstance(material, ProxyMaterial):
+        app = material.wrap(app)  # proxy mode: forwarded certificates, re-verified
     listening = list(sockets) if sockets is not None else create_sockets(config)
     for sock in listening:
         _no_delay(sock)
@@ -550,7 +594,11 @@ async def serve_async(
             await hypercorn_run.worker_serve(
                 wrap_app(app, hc.wsgi_max_body_size, "asgi"),
                 hc,
-                sockets=Sockets(listening, [], []),
+                sockets=(
+                    Sockets(listening, [], [])
+                    if material.listening_context is not None
+                    else Sockets([], listening, [])
+                ),
                 shutdown_trigger=_bounded_shutdown_trigger,
             )
     finally:
