@@ -350,3 +350,94 @@ def test_service_toml_and_unit_serve_the_receiver_app(
     assert (state / "mtls-hooks" / "dedupe.sqlite3").exists()
     out = capsys.readouterr().out
     assert out.count(" #1 204 ") == 3
+
+
+def test_proxy_example_admits_only_what_it_verifies_again(
+    pki: Pki, tmp_path: Path, secret_env: None
+) -> None:
+    from urllib.parse import quote
+
+    from mtls_hooks.core._signing import Signer
+
+    (tmp_path / "tls").mkdir()
+    shutil.copy(pki.pem("ca"), tmp_path / "tls" / "clients-ca.pem")
+    text = (EXAMPLES / "proxy" / "receiver-behind-nginx.toml").read_text()
+    (tmp_path / "receiver.toml").write_text(text.replace(PLACEHOLDER_PINS[0], pki.billing.spki_pin))
+    config = ServerConfig.load(config_file=tmp_path / "receiver.toml", environ={})
+    assert (config.client_cert_header, config.trusted_proxies) == ("nginx", ("127.0.0.1/32",))
+    body = b'{"type": "invoice.paid", "data": {"invoice": "in_1"}}'
+    signer = Signer([HmacSecret.parse(SECRET)])
+    with running_server_process("examples.receiver_app:app", config) as server:
+        # As nginx-site.conf forwards it: the pinned sender in, a CA-valid unpinned one out.
+        for who, status in ((pki.billing, 204), (pki.ops, 403)):
+            headers = signer.sign(body, webhook_id=f"msg_proxy_{status}").as_dict()
+            headers["content-type"] = "application/json"
+            headers["x-ssl-client-cert"] = quote(who.cert_pem.bytes().decode(), safe="")
+            url = f"http://127.0.0.1:{server.port}/webhooks/billing"
+            assert httpx.post(url, content=body, headers=headers).status_code == status
+
+
+def test_pg_effects_example_books_each_invoice_once(
+    pki: Pki, secret_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uuid
+    from urllib.parse import urlsplit
+
+    import psycopg
+
+    from mtls_hooks.core._signing import Signer
+    from tests.peers import PG_URL, need_tcp
+
+    need_tcp("PostgreSQL", urlsplit(PG_URL).hostname or "", urlsplit(PG_URL).port or 5432)
+    namespace = f"ex_{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("DATABASE_URL", PG_URL)
+    monkeypatch.setenv("HOOKS_NAMESPACE", namespace)
+    receiver = fresh_import("examples.receiver_pg_effects")
+    signer = Signer([HmacSecret.parse(SECRET)])
+    try:
+        with (
+            running_server(receiver.app, pki.server_config(pki.client)) as server,
+            pki.client_context("client") as client,
+        ):
+
+            def deliver(webhook_id: str, amount: int) -> int:
+                body = f'{{"type": "invoice.paid", "data": {{"amount": {amount}}}}}'.encode()
+                headers = {**signer.sign(body, webhook_id=webhook_id).as_dict()}
+                headers["content-type"] = "application/json"
+                answer = client.post(server.url("/webhooks"), content=body, headers=headers)
+                return answer.status_code
+
+            assert deliver("msg_negative", -5) == 500  # row and done mark rolled back
+            assert [deliver("msg_paid", 42) for _ in range(2)] == [204, 204]  # then a duplicate
+        with psycopg.connect(PG_URL) as conn:
+            ledger = conn.execute(f'SELECT * FROM "{namespace}_ledger"').fetchall()  # noqa: S608
+            done = conn.execute(f'SELECT webhook_id FROM "{namespace}_dedupe"').fetchall()  # noqa: S608
+        assert ledger == [("msg_paid", 42)]
+        assert done == [("msg_paid",)]
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            for table in ("ledger", "dedupe", "rate"):
+                conn.execute(f'DROP TABLE IF EXISTS "{namespace}_{table}"')
+
+
+def test_outbox_example_delivers_each_invoice_once(
+    pki: Pki, secret_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from examples import outbox_send
+
+    receiver = fresh_import("examples.receiver_app")
+    store = f"sqlite:///{tmp_path / 'outbox.sqlite3'}"
+    with running_server(receiver.app, pki.server_config(pki.client)) as server:
+        argv = [server.url("/webhooks"), "--cert", pki.pem("client")]
+        argv += ["--key", pki.pem("client-key"), "--ca", pki.pem("ca"), "--store", store]
+        assert outbox_send.main(argv) == 0
+        assert outbox_send.main(argv) == 0  # the same idempotency keys: nothing new to send
+    out = capsys.readouterr().out
+    delivered = re.findall(r"^(msg_\S+) done after 1 attempt\(s\)$", out, re.MULTILINE)
+    assert len(delivered) == 6
+    assert len(set(delivered)) == 3
+    assert re.findall(r"^\d+ delivered, 0 failed$", out, re.MULTILINE) == [
+        "3 delivered, 0 failed",
+        "0 delivered, 0 failed",
+    ]
+    assert sorted(m[1] for m in HANDLED.findall(out)) == sorted(set(delivered))
