@@ -11,6 +11,7 @@ import pytest
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.metrics._listener import MetricsListener
 from mtls_hooks.metrics._registry import Metrics, disable_metrics, enable_metrics
+from tests.peers import missing
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def test_busy_address_is_a_configuration_error(metrics: Metrics) -> None:
 
 def test_ipv6_loopback(metrics: Metrics) -> None:
     if not socket.has_ipv6:
-        pytest.skip("no IPv6 on this machine")
+        missing("IPv6 loopback")
     running = MetricsListener("::1", 0, metrics.registry).start()
     try:
         status, _ = fetch(running, "/metrics")
