@@ -159,6 +159,10 @@ def _dropped(exc: BaseException) -> bool:
         exc, httpx.RemoteProtocolError | aiohttp.ServerDisconnectedError | aiohttp.ClientOSError
     ):
         return True
+    # The TLS session ended under us: a close_notify (SSLZeroReturnError) or a close without
+    # one (SSLEOFError), whichever the read or write met first.
+    if isinstance(exc, ssl.SSLZeroReturnError | ssl.SSLEOFError):
+        return True
     return isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE)
 
 

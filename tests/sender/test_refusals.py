@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 import ssl
 from collections.abc import Callable
@@ -11,6 +12,7 @@ import pytest
 
 from mtls_hooks.core._errors import ConfigurationError, TLSError
 from mtls_hooks.core._tls import create_client_context
+from mtls_hooks.sender._outcomes import classify_exception
 from mtls_hooks.sender._sync import WebhookSender
 from tests.sender.conftest import KINDS, SECRET, FakeTime, SenderPki, deliver, exact_policy
 from tests.sender.scripted import ScriptedServer
@@ -148,3 +150,27 @@ def test_context_from_create_client_context_is_used_as_is(
     )
     kwargs = {"signing_keys": SECRET, "ssl_context": context, **fake_time.kwargs()}
     assert deliver("sync", kwargs, server.url(), b"{}").ok
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        pytest.param(
+            ssl.SSLZeroReturnError(6, "TLS/SSL connection has been closed"), id="close-notify"
+        ),
+        pytest.param(ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), id="eof"),
+        pytest.param(ConnectionResetError(errno.ECONNRESET, "reset"), id="reset"),
+    ],
+)
+def test_a_session_ended_under_us_is_retried_with_the_certificate_hint(exc: OSError) -> None:
+    # Our receiver refuses an unpinned TLS 1.3 client after the client's handshake is done:
+    # the client meets the end of the session on its first read or write, in one of these.
+    failure = classify_exception(exc, trust="ca.pem")
+    assert failure.retryable
+    assert "the receiver may be refusing our client certificate" in str(failure)
+
+
+def test_other_transport_errors_carry_no_certificate_hint() -> None:
+    failure = classify_exception(OSError(errno.EHOSTUNREACH, "no route"), trust="ca.pem")
+    assert failure.retryable
+    assert "client certificate" not in str(failure)
