@@ -32,6 +32,7 @@ from mtls_hooks.queue._protocol import NewJob, Settlement, StoreUnavailableError
 from mtls_hooks.queue._sql import (
     EXISTING_SQL,
     INSERT_SQL,
+    JOB_INDEXES,
     SETTLED_STATE,
     Cursor,
     SqlQueueStore,
@@ -43,7 +44,7 @@ __all__ = ["PostgresQueueStore"]
 
 _LOG = logging.getLogger("mtls_hooks.queue")
 CHANNEL: Final = "mtls_hooks_queue"  # the prefix of each schema's channel (see channel_for)
-_SCHEMA: Final = """
+_SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS mtls_hooks_jobs (
     seq BIGSERIAL PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
@@ -63,18 +64,7 @@ CREATE TABLE IF NOT EXISTS mtls_hooks_jobs (
     lease_expires_at DOUBLE PRECISION,
     last_error TEXT
 );
-CREATE UNIQUE INDEX IF NOT EXISTS mtls_hooks_jobs_idempotency
-    ON mtls_hooks_jobs (queue, idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS mtls_hooks_jobs_due
-    ON mtls_hooks_jobs (queue, run_at) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS mtls_hooks_jobs_leased
-    ON mtls_hooks_jobs (queue, lease_expires_at) WHERE state = 'running';
-CREATE INDEX IF NOT EXISTS mtls_hooks_jobs_fifo ON mtls_hooks_jobs (queue, fifo_key, seq)
-    WHERE fifo_key IS NOT NULL AND state IN ('pending', 'running');
--- Only the dead letter is listed by state; an index over every state would be rewritten by
--- each claim and settlement (status counts scan: purge delivered rows to keep it quick).
-CREATE INDEX IF NOT EXISTS mtls_hooks_jobs_failed
-    ON mtls_hooks_jobs (queue, target) WHERE state = 'failed';
+{JOB_INDEXES}
 CREATE TABLE IF NOT EXISTS mtls_hooks_attempts (
     job_id TEXT NOT NULL,
     number INTEGER NOT NULL,

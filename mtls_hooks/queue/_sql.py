@@ -44,6 +44,7 @@ from mtls_hooks.queue._protocol import (
 __all__ = [
     "EXISTING_SQL",
     "INSERT_SQL",
+    "JOB_INDEXES",
     "SETTLED_STATE",
     "Cursor",
     "SqlQueueStore",
@@ -52,6 +53,19 @@ __all__ = [
     "pyformat",
 ]
 
+# The jobs table's indexes, the same DDL in SQLite and PostgreSQL (both take partial indexes).
+JOB_INDEXES: Final = """CREATE UNIQUE INDEX IF NOT EXISTS mtls_hooks_jobs_idempotency
+    ON mtls_hooks_jobs (queue, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS mtls_hooks_jobs_due
+    ON mtls_hooks_jobs (queue, run_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS mtls_hooks_jobs_leased
+    ON mtls_hooks_jobs (queue, lease_expires_at) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS mtls_hooks_jobs_fifo ON mtls_hooks_jobs (queue, fifo_key, seq)
+    WHERE fifo_key IS NOT NULL AND state IN ('pending', 'running');
+-- Only the dead letter is listed by state; an index over every state would be rewritten by
+-- each claim and settlement (status counts scan: purge delivered rows to keep it quick).
+CREATE INDEX IF NOT EXISTS mtls_hooks_jobs_failed
+    ON mtls_hooks_jobs (queue, target) WHERE state = 'failed';"""
 _JOB_COLUMNS: Final = (
     "id, queue, target, payload, meta, state, attempts, tries, run_at, created_at, "
     "updated_at, idempotency_key, fifo_key, lease_owner, lease_expires_at, last_error, seq"

@@ -16,16 +16,16 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.queue._protocol import StoreUnavailableError
-from mtls_hooks.queue._sql import Cursor, SqlQueueStore
+from mtls_hooks.queue._sql import JOB_INDEXES, Cursor, SqlQueueStore
 
-__all__ = ["SQLiteQueueStore"]
+__all__ = ["SQLiteQueueStore", "open_wal"]
 
-_SCHEMA: Final = """
+_SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS mtls_hooks_jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
@@ -45,18 +45,7 @@ CREATE TABLE IF NOT EXISTS mtls_hooks_jobs (
     lease_expires_at REAL,
     last_error TEXT
 );
-CREATE UNIQUE INDEX IF NOT EXISTS mtls_hooks_jobs_idempotency
-    ON mtls_hooks_jobs (queue, idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS mtls_hooks_jobs_due
-    ON mtls_hooks_jobs (queue, run_at) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS mtls_hooks_jobs_leased
-    ON mtls_hooks_jobs (queue, lease_expires_at) WHERE state = 'running';
-CREATE INDEX IF NOT EXISTS mtls_hooks_jobs_fifo ON mtls_hooks_jobs (queue, fifo_key, seq)
-    WHERE fifo_key IS NOT NULL AND state IN ('pending', 'running');
--- Only the dead letter is listed by state; an index over every state would be rewritten by
--- each claim and settlement (status counts scan: purge delivered rows to keep it quick).
-CREATE INDEX IF NOT EXISTS mtls_hooks_jobs_failed
-    ON mtls_hooks_jobs (queue, target) WHERE state = 'failed';
+{JOB_INDEXES}
 CREATE TABLE IF NOT EXISTS mtls_hooks_attempts (
     job_id TEXT NOT NULL,
     number INTEGER NOT NULL,
@@ -116,28 +105,16 @@ class SQLiteQueueStore(SqlQueueStore):
         self.url = f"sqlite:///{self.path}"
         self._lock = threading.Lock()
         self._closed = False
-        try:
-            # Autocommit; transactions are opened explicitly. One connection used from any
-            # thread, one at a time under self._lock.
-            conn = sqlite3.connect(
-                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise StoreUnavailableError(f"cannot open queue database {self.path!r}: {exc}") from exc
-        try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode != "wal":
-                raise StoreUnavailableError(
-                    f"queue database {self.path!r} cannot use WAL (journal_mode={mode})"
-                )
-            conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise StoreUnavailableError(f"cannot use queue database {self.path!r}: {exc}") from exc
-        except BaseException:
-            conn.close()
-            raise
+        # Autocommit; transactions are opened explicitly. One connection used from any
+        # thread, one at a time under self._lock.
+        conn = open_wal(
+            self.path,
+            what="queue",
+            busy_timeout_s=busy_timeout_s,
+            pragmas=(f"synchronous={synchronous.upper()}",),
+            schema=_SCHEMA,
+            error=StoreUnavailableError,
+        )
         self._conn = conn
         self._cur = conn.cursor()
 
@@ -172,3 +149,44 @@ class SQLiteQueueStore(SqlQueueStore):
             if not self._closed:
                 self._closed = True
                 self._conn.close()
+
+
+def open_wal(
+    path: str,
+    *,
+    what: str,
+    busy_timeout_s: float,
+    pragmas: Sequence[str],
+    schema: str,
+    error: type[Exception],
+) -> sqlite3.Connection:
+    """Open ``path`` in autocommit mode, switch it to WAL, apply ``pragmas`` and ``schema``.
+
+    The queue and the dedupe store share it: several processes on one machine need WAL, and a
+    file that cannot use it (a network filesystem) must fail at start-up, not at the first
+    contended write.
+
+    Raises:
+        error: (``what`` names the database) the file cannot be opened, cannot use WAL, or
+            the schema cannot be applied.
+    """
+    try:
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as exc:
+        raise error(f"cannot open {what} database {path!r}: {exc}") from exc
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":
+            raise error(f"{what} database {path!r} cannot use WAL (journal_mode={mode})")
+        for pragma in pragmas:
+            conn.execute(f"PRAGMA {pragma}")
+        conn.executescript(schema)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise error(f"cannot use {what} database {path!r}: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn

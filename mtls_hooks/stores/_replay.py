@@ -34,6 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Final, Protocol, TypeVar, runtime_checkable
 
 from mtls_hooks.core._errors import ConfigurationError
+from mtls_hooks.queue._sqlite import open_wal
 from mtls_hooks.stores._sqlite_writer import BatchWriter
 
 __all__ = [
@@ -356,31 +357,17 @@ class SQLiteDedupeStore:
         return self._writer.transactions
 
     def _connect(self, *, busy_timeout_s: float) -> sqlite3.Connection:
-        try:
-            # Autocommit (isolation_level=None): the writer opens each batch's transaction.
-            # check_same_thread=False: the slow connection is used only by the single worker
-            # thread, the fast one only by the event loop thread.
-            conn = sqlite3.connect(
-                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise ConfigurationError(f"cannot open dedupe database {self.path!r}: {exc}") from exc
-        try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode != "wal":
-                raise ConfigurationError(
-                    f"dedupe database {self.path!r} cannot use WAL (journal_mode={mode})"
-                )
-            conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-            conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise ConfigurationError(f"cannot use dedupe database {self.path!r}: {exc}") from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        # Autocommit (isolation_level=None): the writer opens each batch's transaction.
+        # check_same_thread=False: the slow connection is used only by the single worker
+        # thread, the fast one only by the event loop thread.
+        return open_wal(
+            self.path,
+            what="dedupe",
+            busy_timeout_s=busy_timeout_s,
+            pragmas=(f"synchronous={self.synchronous.upper()}", "wal_autocheckpoint=0"),
+            schema=_SCHEMA,
+            error=ConfigurationError,
+        )
 
     async def _run(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._closed:
