@@ -107,7 +107,7 @@ def bare_app(pki: BenchPki) -> Quart:
 def _receiver_app(pki: BenchPki, store: Any, *, quart_request: bool = False) -> Quart:
     from quart import Quart
 
-    from mtls_hooks.receiver._events import WebhookEvent
+    from mtls_hooks.core._events import WebhookEvent
     from mtls_hooks.receiver._receiver import WebhookReceiver
 
     app = Quart("bench_receiver")

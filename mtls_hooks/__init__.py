@@ -50,13 +50,13 @@ from mtls_hooks.core._signing import (
 from mtls_hooks.core._tls import PinningContext, create_client_context, create_server_context
 
 if TYPE_CHECKING:
+    from mtls_hooks.core._events import WebhookEvent
     from mtls_hooks.metrics._registry import enable_metrics
     from mtls_hooks.outbox._endpoint import OutboxEndpoint, RetrySettings
     from mtls_hooks.outbox._outbox import AsyncOutbox, Outbox, UnknownEndpointError
     from mtls_hooks.outbox._worker import DeliveryWorker
     from mtls_hooks.queue._protocol import JobState, QueueStore, StoreUnavailableError
     from mtls_hooks.receiver._authz import current_peer, require_peer
-    from mtls_hooks.receiver._events import WebhookEvent
     from mtls_hooks.receiver._receiver import WebhookEndpoint, WebhookReceiver
     from mtls_hooks.sender._async import AsyncWebhookSender
     from mtls_hooks.sender._base import WebhookMessage
@@ -164,7 +164,7 @@ _LAZY = {
     "StoreUnavailableError": "mtls_hooks.queue._protocol",
     "UnknownEndpointError": "mtls_hooks.outbox._outbox",
     "WebhookEndpoint": "mtls_hooks.receiver._receiver",
-    "WebhookEvent": "mtls_hooks.receiver._events",
+    "WebhookEvent": "mtls_hooks.core._events",
     "WebhookMessage": "mtls_hooks.sender._base",
     "WebhookReceiver": "mtls_hooks.receiver._receiver",
     "WebhookSender": "mtls_hooks.sender._sync",

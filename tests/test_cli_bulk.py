@@ -15,8 +15,8 @@ from quart import Quart
 from certs_tool import CA
 from mtls_hooks.cli._bulk import read_events
 from mtls_hooks.cli._main import main
+from mtls_hooks.core._events import WebhookEvent
 from mtls_hooks.core._signing import HmacSecret
-from mtls_hooks.receiver._events import WebhookEvent
 from mtls_hooks.receiver._receiver import WebhookReceiver
 from mtls_hooks.testing import ServerHandle, running_server
 from tests.serving.conftest import Identity, Pki

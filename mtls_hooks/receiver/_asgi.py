@@ -14,7 +14,7 @@ converters, an ``app.asgi_app`` that another middleware wrapped first, and endpo
 the request and app contexts, ``full_dispatch_request``) costs about half of a served
 webhook; the stages themselves cost little.
 
-What a handler sees is unchanged: its :class:`~mtls_hooks.receiver._events.WebhookEvent`,
+What a handler sees is unchanged: its :class:`~mtls_hooks.core._events.WebhookEvent`,
 the peer (``event.peer``, and :func:`~mtls_hooks.receiver._authz.current_peer`, which reads
 the scope this module keeps in a context variable), a Quart response when it returns a value
 (made in an app context, entered for that case only), a worker thread for a sync handler.

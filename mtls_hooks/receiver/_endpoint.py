@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias, TypedDict
 
 from mtls_hooks.core._errors import ConfigurationError
+from mtls_hooks.core._events import EventTypeExtractor, default_event_type
 from mtls_hooks.core._identity import PeerIdentity
 from mtls_hooks.core._policy import PeerPolicy
 from mtls_hooks.core._settings_names import CONFIG_PREFIX
 from mtls_hooks.core._signing import Verifier, VerifyKey, parse_key
 from mtls_hooks.core._suggest import did_you_mean
-from mtls_hooks.receiver._events import EventTypeExtractor, default_event_type
 from mtls_hooks.stores._ratelimit import Rate, parse_rate
 
 __all__ = [

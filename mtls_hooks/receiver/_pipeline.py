@@ -47,12 +47,12 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from mtls_hooks.core._errors import ConfigurationError, SignatureError, TimestampError
+from mtls_hooks.core._events import WebhookEvent
 from mtls_hooks.core._identity import PeerIdentity, peer_from_scope
 from mtls_hooks.core._signing import VerifiedMessage
 from mtls_hooks.receiver._asgi import lean_make_response, lean_no_content
 from mtls_hooks.receiver._decisions import DecisionLog, Refusal, logger
 from mtls_hooks.receiver._endpoint import EndpointSettings
-from mtls_hooks.receiver._events import WebhookEvent
 from mtls_hooks.stores._ratelimit import Rate, RateLimiter, retry_after_header
 from mtls_hooks.stores._replay import ClaimState, DedupeStore
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar, Unpack
 
 from mtls_hooks.core._errors import ConfigurationError
+from mtls_hooks.core._events import Handler
 from mtls_hooks.core._suggest import did_you_mean
 from mtls_hooks.receiver._asgi import LeanWebhooks, mount_lean_path
 from mtls_hooks.receiver._endpoint import (
@@ -46,7 +47,6 @@ from mtls_hooks.receiver._endpoint import (
     compile_endpoint,
     merge_options,
 )
-from mtls_hooks.receiver._events import Handler
 from mtls_hooks.receiver._pipeline import WebhookView, drain_handlers
 from mtls_hooks.serving._config import SERVER_NAMES, env_settings
 from mtls_hooks.stores._names import DEFAULT_NAMESPACE

@@ -6,7 +6,7 @@ import os
 
 from quart import Quart
 
-from mtls_hooks.receiver._events import WebhookEvent
+from mtls_hooks.core._events import WebhookEvent
 from mtls_hooks.receiver._receiver import WebhookReceiver
 
 app = Quart(__name__)

@@ -22,7 +22,7 @@ from typing import Any
 
 from quart import Quart
 
-from mtls_hooks.receiver._events import WebhookEvent
+from mtls_hooks.core._events import WebhookEvent
 from mtls_hooks.receiver._receiver import WebhookReceiver
 
 Scope = MutableMapping[str, Any]

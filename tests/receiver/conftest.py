@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from certs_tool import CA, IssuedCert
+from mtls_hooks.core._events import WebhookEvent
 from mtls_hooks.core._signing import HmacSecret, Signer
-from mtls_hooks.receiver._events import WebhookEvent
 
 SPIFFE_SENDER = "spiffe://test.example/payments/sender"
 JSON_TYPE = "application/json"

@@ -17,8 +17,8 @@ import pytest
 from quart import Quart
 
 from certs_tool import CA
+from mtls_hooks.core._events import WebhookEvent
 from mtls_hooks.core._signing import HmacSecret, Signer
-from mtls_hooks.receiver._events import WebhookEvent
 from mtls_hooks.receiver._receiver import WebhookReceiver
 from mtls_hooks.sender._retry import RetryPolicy
 from mtls_hooks.sender._sync import WebhookSender

@@ -18,7 +18,7 @@ import pytest
 from quart import Quart
 from quart.testing import QuartClient
 
-from mtls_hooks.receiver._events import WebhookEvent
+from mtls_hooks.core._events import WebhookEvent
 from mtls_hooks.receiver._receiver import WebhookReceiver
 from mtls_hooks.stores._replay import MemoryDedupeStore
 from tests.receiver.conftest import LogLines, Sender

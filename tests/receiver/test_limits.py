@@ -13,7 +13,7 @@ import pytest
 from quart import Quart
 
 from certs_tool import CA
-from mtls_hooks.receiver._events import WebhookEvent
+from mtls_hooks.core._events import WebhookEvent
 from mtls_hooks.receiver._receiver import WebhookReceiver
 from mtls_hooks.testing import ServerHandle, running_server
 from tests.receiver.conftest import LogLines, Sender

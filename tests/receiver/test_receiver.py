@@ -21,8 +21,8 @@ from quart import Quart
 from quart.testing import QuartClient
 
 from certs_tool import IssuedCert
+from mtls_hooks.core._events import WebhookEvent
 from mtls_hooks.core._signing import HmacSecret, Signer
-from mtls_hooks.receiver._events import WebhookEvent
 from mtls_hooks.receiver._receiver import WebhookReceiver
 from tests.receiver.conftest import SPIFFE_SENDER, LogLines, Recorder, Sender, tls_scope
 

@@ -19,8 +19,8 @@ from quart import Quart
 from werkzeug.datastructures import Headers
 
 from certs_tool import CA, IssuedCert
+from mtls_hooks.core._events import WebhookEvent
 from mtls_hooks.core._signing import HmacSecret, Signer
-from mtls_hooks.receiver._events import WebhookEvent
 from mtls_hooks.receiver._pipeline import _webhook_headers
 from mtls_hooks.receiver._receiver import WebhookReceiver
 from mtls_hooks.testing import ServerHandle, running_server

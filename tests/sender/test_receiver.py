@@ -10,8 +10,8 @@ from quart import Quart
 from tenacity import stop_after_attempt
 
 from mtls_hooks.core._errors import RetriesExhaustedError, StatusError
+from mtls_hooks.core._events import WebhookEvent
 from mtls_hooks.core._signing import HmacSecret
-from mtls_hooks.receiver._events import WebhookEvent
 from mtls_hooks.receiver._receiver import WebhookReceiver
 from mtls_hooks.serving._config import ServerConfig
 from mtls_hooks.testing import ServerHandle, running_server

@@ -9,8 +9,8 @@ from pathlib import Path
 from quart import Quart
 
 from certs_tool import CA, IssuedCert
+from mtls_hooks.core._events import WebhookEvent
 from mtls_hooks.core._signing import HmacSecret
-from mtls_hooks.receiver._events import WebhookEvent
 from mtls_hooks.receiver._receiver import WebhookReceiver
 from mtls_hooks.sender._sync import WebhookSender
 from mtls_hooks.serving._config import ServerConfig

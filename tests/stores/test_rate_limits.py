@@ -16,8 +16,8 @@ from quart.testing import QuartClient
 
 from certs_tool import CA, IssuedCert
 from mtls_hooks.core._errors import ConfigurationError
+from mtls_hooks.core._events import WebhookEvent
 from mtls_hooks.queue._protocol import StoreUnavailableError
-from mtls_hooks.receiver._events import WebhookEvent
 from mtls_hooks.receiver._receiver import WebhookReceiver
 from mtls_hooks.stores._ratelimit import MemoryRateLimiter, Rate, RateLimiter
 from tests.peers import PG_URL, REDIS_URL

@@ -14,8 +14,8 @@ import pytest
 import pytest_asyncio
 from psycopg import sql
 
+from mtls_hooks.core._events import WebhookEvent
 from mtls_hooks.queue._protocol import StoreUnavailableError
-from mtls_hooks.receiver._events import WebhookEvent
 from mtls_hooks.stores._postgres import PostgresDedupeStore
 from mtls_hooks.stores._replay import ClaimState
 from tests.peers import PG_URL, REDIS_URL
