@@ -55,10 +55,7 @@ class MemoryQueueStore:
 
     def enqueue(self, job: NewJob) -> tuple[str, bool]:
         """See :meth:`QueueStore.enqueue`."""
-        try:
-            meta = json.loads(json.dumps(dict(job.meta)))
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"job meta is not JSON-serialisable: {exc}") from exc
+        meta = self._checked_meta(job)
         now = self._clock()
         with self._lock:
             if job.idempotency_key is not None:
@@ -89,6 +86,20 @@ class MemoryQueueStore:
                 self._keys[(job.queue, job.idempotency_key)] = job_id
         self._wake()
         return job_id, True
+
+    def enqueue_many(self, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
+        """See :meth:`QueueStore.enqueue_many` (a job with unserialisable meta fails the
+        call before any is stored)."""
+        for job in jobs:
+            self._checked_meta(job)
+        return [self.enqueue(job) for job in jobs]
+
+    @staticmethod
+    def _checked_meta(job: NewJob) -> Any:
+        try:
+            return json.loads(json.dumps(dict(job.meta)))
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"job meta is not JSON-serialisable: {exc}") from exc
 
     def _claimable(self, seq: int, job: Job, now: float) -> bool:
         target = self._targets.get(job.target)

@@ -15,6 +15,8 @@ States and the moves between them::
 
 * :meth:`QueueStore.enqueue` commits a pending job and returns its id once durable. An
   ``idempotency_key`` already used in the queue returns the first job's id instead.
+  :meth:`QueueStore.enqueue_many` commits several in one transaction (a group commit: the
+  inbox writes the webhooks of one event-loop turn together).
 * :meth:`QueueStore.claim` takes due pending jobs (``run_at <= now``) and running jobs whose
   lease expired, in small batches, marks them running under a lease ``(owner, expiry)`` and
   returns them. Jobs of a disabled target are left alone. With a ``fifo_key`` a job is
@@ -217,6 +219,13 @@ class QueueStore(Protocol):
 
     def enqueue(self, job: NewJob) -> tuple[str, bool]:
         """Commit ``job``; return ``(id, created)``, ``created`` False for a known key."""
+        ...
+
+    def enqueue_many(self, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
+        """Commit ``jobs`` in one transaction; one ``(id, created)`` each, in order.
+
+        All or none: when the transaction fails, none of them was enqueued.
+        """
         ...
 
     def claim(

@@ -318,6 +318,16 @@ class SqlQueueStore:
             self._wake_local()
         return job_id, created
 
+    def enqueue_many(self, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
+        """See :meth:`QueueStore.enqueue_many`."""
+        if not jobs:
+            return []
+        with self._cursor(transaction=True) as cursor:
+            results = [self.enqueue_on(cursor, job) for job in jobs]
+        if any(created for _, created in results):
+            self._wake_local()
+        return results
+
     def claim(
         self,
         queue: str,

@@ -41,6 +41,32 @@ def test_enqueue_is_idempotent_by_key_and_by_id(store: QueueStore) -> None:
     assert store.get("msg_unknown") is None
 
 
+def test_enqueue_many_commits_in_order_with_keys_deduped(store: QueueStore) -> None:
+    known, _ = store.enqueue(job(idempotency_key="k0"))
+    results = store.enqueue_many(
+        [
+            job(idempotency_key="k1", payload=b"1"),
+            job(idempotency_key="k0", payload=b"again"),  # known before the batch
+            job(idempotency_key="k1", payload=b"twice"),  # repeated inside the batch
+            job(payload=b"2"),
+        ]
+    )
+    created = [c for _, c in results]
+    assert created == [True, False, False, True]
+    assert results[1][0] == known
+    assert results[2][0] == results[0][0]
+    assert [j.payload for j in store.jobs(Q)] == [b"{}", b"1", b"2"]
+    assert store.enqueue_many([]) == []
+
+
+def test_enqueue_many_is_all_or_none(store: QueueStore) -> None:
+    with pytest.raises(ConfigurationError, match="JSON"):
+        store.enqueue_many([job(idempotency_key="a"), job(meta={"when": object()})])
+    assert store.jobs(Q) == []
+    # The failed batch left its key unused.
+    assert store.enqueue(job(idempotency_key="a"))[1] is True
+
+
 def test_meta_must_be_json(store: QueueStore) -> None:
     with pytest.raises(ConfigurationError, match="JSON"):
         store.enqueue(job(meta={"when": object()}))
