@@ -14,9 +14,8 @@ fixed vocabulary, status classes; never a URL, a message id or a subject from a 
   ``delivered``, ``failed`` (the dead letter) or ``gone``.
 * ``mtls_hooks_delivery_attempt_duration_seconds{endpoint}``: attempts that sent a request.
 * ``mtls_hooks_queue_messages{queue="outbox", state}`` and
-  ``mtls_hooks_queue_oldest_due_age_seconds{queue="outbox"}``: from one grouped ``COUNT``
-  (:meth:`~mtls_hooks.queue.QueueStore.stats`, the figures of ``mtls-hooks outbox status``)
-  every ``metrics_interval_s``, whatever the queue's size in messages.
+  ``mtls_hooks_queue_oldest_due_age_seconds{queue="outbox"}``: refreshed by the worker
+  loop every ``metrics_interval_s`` (``mtls_hooks.queue._observe``).
 * ``mtls_hooks_certificate_expiry_timestamp_seconds{role="sender_client", name=CN}``: set
   when an endpoint's client certificate is loaded (or reloaded after a renewal) and at each
   daily expiry check, which also logs a warning or an error when the date is close.
@@ -24,25 +23,21 @@ fixed vocabulary, status classes; never a URL, a message id or a subject from a 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Final
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.metrics._expiry import DAY_S, Expiry, ExpiryAlarm, certificate_expiries
 from mtls_hooks.metrics._registry import Metrics
 from mtls_hooks.outbox._endpoint import Endpoint
-from mtls_hooks.queue._protocol import JobState, QueueStats, QueueStore, StoreUnavailableError
 
 __all__ = [
     "SENDER_ROLE",
     "SenderCertificates",
-    "depth_loop",
     "record_attempt",
-    "record_depth",
 ]
 
 _LOG = logging.getLogger("mtls_hooks.outbox")
@@ -68,37 +63,6 @@ def record_attempt(
         )
     if finished is not None:
         metrics.delivery(endpoint=endpoint, outcome=finished)
-
-
-def record_depth(metrics: Metrics, stats: QueueStats, queue: str) -> None:
-    """Set the depth gauges of ``queue`` from one :meth:`QueueStore.stats` reading."""
-    for state in JobState:
-        metrics.queue_messages.child(queue, state.value).set(stats.by_state.get(state.value, 0))
-    oldest = stats.oldest_due_age_s
-    metrics.queue_oldest_due_age.child(queue).set(0.0 if oldest is None else oldest)
-
-
-async def depth_loop(
-    store: QueueStore,
-    queue: str,
-    metrics: Metrics,
-    *,
-    interval_s: float,
-    call: Callable[..., Awaitable[Any]],
-) -> None:
-    """Refresh the depth gauges every ``interval_s`` until cancelled.
-
-    ``call`` runs the blocking store method off the event loop. A store that cannot be
-    reached leaves the last reading in place and is tried again next time.
-    """
-    while True:
-        try:
-            stats = await call(store.stats, queue)
-        except StoreUnavailableError as exc:
-            _LOG.warning("outbox depth not refreshed: %s", exc)
-        else:
-            record_depth(metrics, stats, queue)
-        await asyncio.sleep(interval_s)
 
 
 class SenderCertificates:

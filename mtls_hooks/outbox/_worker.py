@@ -1,19 +1,15 @@
 """The delivery worker: claims due outbox messages and delivers them with the async sender.
 
-One loop, a few tasks, no sleeping while holding a row:
+The claim loop, the settler, the heartbeat and the shutdown are the queue engine's worker
+loop (``mtls_hooks.queue._runner``); this module is what one outbox job is:
 
-* the claim loop takes small batches (``batch``), keeping up to one batch claimed ahead of
-  the ``concurrency`` slots, and otherwise waits for room, a wake-up (``NOTIFY`` on
-  PostgreSQL, an enqueue in this process) or the poll interval, whichever comes first; each
-  claim carries the settlements gathered since the last one (one transaction for both);
-* each message is one task making exactly one attempt with the endpoint's sender (the same
-  signing, pinning, answer cap and failure classification as ``send``), then turning the
-  outcome into a settlement: ``done``, ``retry`` at the policy's next time (see
-  ``_schedule``), ``failed`` (the dead letter) or ``release`` (a rate limit said "later");
-* a settler writes the settlements in batches, each with its attempt record;
-* a heartbeat renews the leases of every message still held, every ``lease_s / 3``;
-* an expiry alarm watches the client certificates loaded, and while metrics are on a task
-  refreshes the queue gauges (``_observe``: what each attempt and delivery records).
+* exactly one attempt with the endpoint's sender (the same signing, pinning, answer cap and
+  failure classification as ``send``), turned into a settlement: ``done``, ``retry`` at the
+  policy's next time (see ``_schedule``), ``failed`` (the dead letter) or ``release`` (a
+  rate limit said "later");
+* per endpoint, a circuit breaker and a shared rate limit, read from the endpoint records;
+* an expiry alarm watches the client certificates loaded (``_observe``: what each attempt
+  and delivery records).
 
 :meth:`DeliveryWorker.stop` (the CLI calls it on SIGTERM) stops claiming, lets the
 deliveries in flight finish for up to ``shutdown_grace_s``, releases the rest to the queue
@@ -24,25 +20,18 @@ the same ``webhook-id``, which the receiver dedupes.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import inspect
 import logging
-import os
-import secrets
-import socket
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.metrics._expiry import DAY_S
 from mtls_hooks.metrics._registry import current_metrics
 from mtls_hooks.outbox._endpoint import Endpoint
-from mtls_hooks.outbox._observe import SenderCertificates, depth_loop, record_attempt
+from mtls_hooks.outbox._observe import SenderCertificates, record_attempt
 from mtls_hooks.outbox._outbox import QUEUE
 from mtls_hooks.outbox._schedule import decide
 from mtls_hooks.outbox._senders import SenderPool
@@ -53,38 +42,30 @@ from mtls_hooks.queue._protocol import (
     Job,
     QueueStore,
     Settlement,
-    StoreUnavailableError,
     Target,
     check_seconds,
 )
-from mtls_hooks.queue._url import open_store
+from mtls_hooks.queue._runner import QueueWorker, RunnerCounts
 from mtls_hooks.sender._async import AsyncWebhookSender
 from mtls_hooks.sender._retry import AttemptFailed, RetryPolicy
 
 __all__ = ["DeliveryWorker", "WorkerCounts"]
 
 _LOG = logging.getLogger("mtls_hooks.outbox")
-_T = TypeVar("_T")
 # An endpoint record is read again after this long: an edit or a disable applies soon.
 _ENDPOINT_TTL_S: Final = 2.0
-# How long the settler gathers settlements before writing them in one transaction. A busy
-# worker's claims carry them sooner (FIFO successors included: a finished delivery with
-# nothing else in flight wakes a claim at once); this bounds the wait of an idle worker.
-_SETTLE_DELAY_S: Final = 0.05
 
 
 @dataclass
-class WorkerCounts:
+class WorkerCounts(RunnerCounts):
     """What a worker did since it started."""
 
     delivered: int = 0
     retried: int = 0
     failed: int = 0
-    released: int = 0
-    lost_leases: int = 0
 
 
-class DeliveryWorker:
+class DeliveryWorker(QueueWorker[WorkerCounts]):
     """Delivers outbox messages until stopped; see the module docstring.
 
     Example::
@@ -92,6 +73,10 @@ class DeliveryWorker:
         worker = DeliveryWorker("postgresql://app@db/app", concurrency=32)
         await worker.run()  # until worker.stop()
     """
+
+    queue = QUEUE
+    logger = _LOG
+    what = "outbox worker"
 
     def __init__(
         self,
@@ -135,214 +120,43 @@ class DeliveryWorker:
             ConfigurationError: a bad number or store URL.
             StoreUnavailableError: the database cannot be reached.
         """
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError("concurrency must be a positive integer")
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ConfigurationError("batch must be a positive integer")
-        self.lease_s = check_seconds("lease_s", lease_s)
-        self.poll_interval_s = check_seconds("poll_interval_s", poll_interval_s)
-        self.shutdown_grace_s = check_seconds("shutdown_grace_s", shutdown_grace_s, zero=True)
-        self.metrics_interval_s = check_seconds("metrics_interval_s", metrics_interval_s)
+        super().__init__(
+            store,
+            counts=WorkerCounts(),
+            concurrency=concurrency,
+            batch=batch,
+            lease_s=lease_s,
+            poll_interval_s=poll_interval_s,
+            shutdown_grace_s=shutdown_grace_s,
+            worker_id=worker_id,
+            metrics_interval_s=metrics_interval_s,
+            clock=clock,
+        )
         self.certificates = SenderCertificates(
             warn_within_s=check_seconds("expiry_warn_days", expiry_warn_days, zero=True) * DAY_S,
             error_within_s=check_seconds("expiry_error_days", expiry_error_days, zero=True) * DAY_S,
             clock=clock,
         )
-        self.concurrency = concurrency
-        self.batch = min(batch, concurrency)
-        self._min_claim = max(1, self.batch // 2)
-        self.worker_id = worker_id or (
-            f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        )
-        self._owns_store = isinstance(store, str)
-        self.store: QueueStore = open_store(store, clock=clock) if isinstance(store, str) else store
-        self._clock = clock
-        self._on_disable = on_disable
-        self.counts = WorkerCounts()
         self._senders = SenderPool(
             max_connections=concurrency,
             check_every_s=check_seconds("file_check_s", file_check_s, zero=True),
             on_build=self.certificates.loaded,
         )
+        self._on_disable = on_disable
         self._endpoints: dict[str, tuple[Endpoint | None, Target | None, float]] = {}
         self._policies: dict[str, tuple[Endpoint, RetryPolicy]] = {}
         self._streaks: set[str] = set()
-        self._held: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._pending: list[Settlement] = []
-        self._stopping = False
-        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mtls-hooks-outbox")
-        self._wake = asyncio.Event()
-        self._settled = asyncio.Event()
-        self._slots = asyncio.Semaphore(concurrency)
 
     @property
     def rebuilt_senders(self) -> int:
         """How many times a changed certificate, key or record rebuilt a sender."""
         return self._senders.rebuilt
 
-    def __repr__(self) -> str:
-        return f"DeliveryWorker({self.worker_id!r}, {self.store!r})"
+    def _watchers(self) -> list[Coroutine[Any, Any, None]]:
+        return [self.certificates.alarm.run(interval_s=DAY_S)]
 
-    # -- running ----------------------------------------------------------------------
-
-    def stop(self) -> None:
-        """Ask :meth:`run` to finish: no new claims, deliveries in flight get the grace."""
-        self._stopping = True
-        self._wake.set()
-
-    async def run(self, *, until_idle: bool = False) -> WorkerCounts:
-        """Deliver until :meth:`stop` (or, with ``until_idle``, until nothing is due).
-
-        Returns:
-            What this worker did.
-        """
-        loop = asyncio.get_running_loop()
-        self._wake = wake = asyncio.Event()
-        self._settled = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.concurrency)
-        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mtls-hooks-outbox")
-
-        def wake_up() -> None:  # from the store's threads
-            loop.call_soon_threadsafe(wake.set)
-
-        unsubscribe = self.store.subscribe(wake_up)
-        settler = asyncio.create_task(self._settler())
-        heartbeat = asyncio.create_task(self._heartbeat())
-        watchers = [asyncio.create_task(self.certificates.alarm.run(interval_s=DAY_S))]
-        metrics = current_metrics()
-        if metrics is not None:
-            depth = depth_loop(self.store, QUEUE, metrics, interval_s=self.metrics_interval_s,
-                               call=self._call)  # fmt: skip
-            watchers.append(asyncio.create_task(depth))
-        try:
-            await self._claim_loop(until_idle)
-        finally:
-            unsubscribe()
-            await self._drain()
-            heartbeat.cancel()
-            for watcher in watchers:
-                watcher.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
-            self._stopping = True
-            self._settled.set()
-            await settler
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-            await self._senders.aclose()
-            self._executor.shutdown(wait=True)
-            if self._owns_store:
-                self.store.close()
-        return self.counts
-
-    async def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
-
-    async def _claim_loop(self, until_idle: bool) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            # Up to a batch more than the slots is claimed ahead: the next messages are
-            # already here when a slot frees, so no slot idles while a claim runs.
-            free = self.concurrency + self.batch - len(self._tasks)
-            want = min(free, self.batch)
-            if want >= self._min_claim or (want > 0 and not self._tasks):
-                # Hand back what finished meanwhile in the same transaction as the claim.
-                settled, self._pending = self._pending, []
-                try:
-                    jobs = await self._call(
-                        self.store.claim,
-                        QUEUE,
-                        self.worker_id,
-                        limit=want,
-                        lease_s=self.lease_s,
-                        settlements=settled,
-                    )
-                except StoreUnavailableError as exc:
-                    _LOG.warning("outbox worker %s cannot claim: %s", self.worker_id, exc)
-                    self._pending[:0] = settled
-                    jobs = []
-                else:
-                    self._held.difference_update(s.job_id for s in settled)
-                for job in jobs:
-                    if job.id in self._held:
-                        continue  # our own lease ran out and we took it again: still running
-                    self._held.add(job.id)
-                    task = asyncio.create_task(self._deliver(job))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._finished)
-                if len(jobs) == want:
-                    continue  # there may be more due right now
-                if until_idle and not jobs and not self._tasks and not self._held:
-                    return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        # Wake the claim loop only once a claim is worth making: waking it on every
-        # completion cost a loop turn and a timer per delivery.
-        if self.concurrency + self.batch - len(self._tasks) >= self._min_claim or not self._tasks:
-            self._wake.set()
-        if not task.cancelled() and task.exception() is not None:  # pragma: no cover - a bug
-            _LOG.error("outbox delivery task failed", exc_info=task.exception())
-
-    async def _drain(self) -> None:
-        if self._tasks:
-            _, late = await asyncio.wait(set(self._tasks), timeout=self.shutdown_grace_s)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-
-    # -- settling and leases ----------------------------------------------------------
-
-    def _settle(self, settlement: Settlement) -> None:
-        self._pending.append(settlement)
-        self._settled.set()
-
-    async def _settler(self) -> None:
-        while True:
-            await self._settled.wait()
-            if len(self._pending) < self.batch and not self._stopping:
-                # Let a few more finish first: one transaction for several settlements
-                # (their leases run for lease_s; a few milliseconds here cost nothing).
-                await asyncio.sleep(_SETTLE_DELAY_S)
-            self._settled.clear()
-            batch, self._pending = self._pending, []
-            if batch:
-                try:
-                    await self._call(self.store.settle, self.worker_id, batch)
-                except StoreUnavailableError as exc:
-                    # Keep holding (and renewing) them; write again shortly.
-                    _LOG.warning("outbox worker %s cannot settle: %s", self.worker_id, exc)
-                    self._pending[:0] = batch
-                    if self._stopping:
-                        return  # their leases will expire: delivered again, deduped
-                    await asyncio.sleep(self.poll_interval_s)
-                    self._settled.set()
-                    continue
-                for settlement in batch:
-                    self._held.discard(settlement.job_id)
-                # A settled message may free the next of its FIFO key, or a slot: claim again.
-                self._wake.set()
-            if self._stopping and not self._pending and not self._tasks:
-                return
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease_s / 3)
-            held = list(self._held)
-            if not held:
-                continue
-            try:
-                renewed = await self._call(self.store.renew, self.worker_id, held, self.lease_s)
-            except StoreUnavailableError as exc:
-                _LOG.warning("outbox worker %s cannot renew leases: %s", self.worker_id, exc)
-                continue
-            if renewed < len(held):
-                # Settled meanwhile, or a lease already lost: the message may be in flight
-                # at another worker too (documented; the receiver dedupes).
-                self.counts.lost_leases += len(held) - renewed
+    async def _closing(self) -> None:
+        await self._senders.aclose()
 
     # -- one delivery -----------------------------------------------------------------
 
@@ -368,22 +182,7 @@ class DeliveryWorker:
             self._policies[endpoint.name] = cached
         return cached[1]
 
-    async def _deliver(self, job: Job) -> None:
-        try:
-            async with self._slots:
-                if self._stopping:  # claimed ahead, never started: straight back
-                    settlement = Settlement(job.id, "release", run_at=self._clock())
-                    self.counts.released += 1
-                else:
-                    settlement = await self._attempt(job)
-        except asyncio.CancelledError:
-            # Shutdown past the grace: back to the queue, due now, no attempt counted.
-            self._settle(Settlement(job.id, "release", run_at=self._clock()))
-            self.counts.released += 1
-            raise
-        self._settle(settlement)
-
-    async def _attempt(self, job: Job) -> Settlement:
+    async def _process(self, job: Job) -> Settlement:
         started = self._clock()
         number = job.tries + 1
         endpoint, _ = await self._endpoint(job.target)
