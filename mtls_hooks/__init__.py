@@ -51,6 +51,9 @@ from mtls_hooks.core._tls import PinningContext, create_client_context, create_s
 
 if TYPE_CHECKING:
     from mtls_hooks.core._events import WebhookEvent
+    from mtls_hooks.inbox._inbox import Inbox
+    from mtls_hooks.inbox._retry import InboxRetry
+    from mtls_hooks.inbox._worker import InboxWorker
     from mtls_hooks.metrics._registry import enable_metrics
     from mtls_hooks.outbox._endpoint import OutboxEndpoint, RetrySettings
     from mtls_hooks.outbox._outbox import AsyncOutbox, Outbox, UnknownEndpointError
@@ -92,6 +95,9 @@ __all__ = [
     "EndpointGoneError",
     "HmacSecret",
     "IdentityError",
+    "Inbox",
+    "InboxRetry",
+    "InboxWorker",
     "JobState",
     "MemoryDedupeStore",
     "MtlsHooksError",
@@ -150,6 +156,9 @@ _LAZY = {
     "DedupeStore": "mtls_hooks.stores._replay",
     "DeliveryResult": "mtls_hooks.sender._results",
     "DeliveryWorker": "mtls_hooks.outbox._worker",
+    "Inbox": "mtls_hooks.inbox._inbox",
+    "InboxRetry": "mtls_hooks.inbox._retry",
+    "InboxWorker": "mtls_hooks.inbox._worker",
     "JobState": "mtls_hooks.queue._protocol",
     "MemoryDedupeStore": "mtls_hooks.stores._replay",
     "Outbox": "mtls_hooks.outbox._outbox",

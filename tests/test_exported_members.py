@@ -18,7 +18,17 @@ def test_all_is_sorted_and_resolves() -> None:
 
 def test_public_names_have_no_private_home_leaking() -> None:
     public = {n for n in dir(mtls_hooks) if not n.startswith("_")}
-    submodules = {"cli", "core", "metrics", "outbox", "proxy", "queue", "receiver", "sender"}
+    submodules = {
+        "cli",
+        "core",
+        "inbox",
+        "metrics",
+        "outbox",
+        "proxy",
+        "queue",
+        "receiver",
+        "sender",
+    }
     submodules |= {"serving", "stores", "testing"}
     assert public - submodules - {"annotations", "importlib", "TYPE_CHECKING", "Any"} <= set(
         mtls_hooks.__all__

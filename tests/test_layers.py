@@ -27,7 +27,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "serving": frozenset({"core", "proxy", "metrics"}),
     "sender": frozenset({"core", "metrics"}),
     "outbox": frozenset({"core", "queue", "sender", "metrics"}),
-    "receiver": frozenset({"core", "serving", "stores", "queue", "proxy", "metrics"}),
+    "inbox": frozenset({"core", "queue", "stores", "metrics"}),
+    "receiver": frozenset({"core", "serving", "stores", "queue", "inbox", "proxy", "metrics"}),
 }
 # The CLIs, ``__init__`` and ``testing`` sit on top of every other part.
 ALLOWED["cli"] = frozenset(ALLOWED)
@@ -38,6 +39,7 @@ FORBIDDEN_STACKS: dict[str, frozenset[str]] = {
     "stores": frozenset({"quart", "hypercorn", "httpx", "aiohttp"}),
     "serving": frozenset({"quart", "httpx", "aiohttp"}),
     "sender": frozenset({"quart", "hypercorn", "werkzeug"}),
+    "inbox": frozenset({"quart", "hypercorn", "httpx", "aiohttp", "werkzeug"}),
     "receiver": frozenset({"httpx", "aiohttp"}),
 }
 

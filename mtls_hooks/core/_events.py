@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from mtls_hooks.core._identity import PeerIdentity
 
-__all__ = ["EventTypeExtractor", "Handler", "WebhookEvent", "default_event_type"]
+__all__ = [
+    "AsyncHandler",
+    "EventTypeExtractor",
+    "Handler",
+    "HandlerTable",
+    "WebhookEvent",
+    "default_event_type",
+    "find_handler",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +62,24 @@ EventTypeExtractor: TypeAlias = Callable[[Any], object]
 def default_event_type(payload: Any) -> object:
     """Return the ``type`` member of a JSON object, as Standard Webhooks payloads carry it."""
     return payload.get("type") if isinstance(payload, dict) else None
+
+
+AsyncHandler: TypeAlias = Callable[[WebhookEvent], Awaitable[Any]]
+"""A handler as the receiver keeps it: sync ones are wrapped to run in a worker thread."""
+
+HandlerTable: TypeAlias = Mapping[tuple[str | None, str | None], AsyncHandler]
+"""Handlers by ``(endpoint, event type)``; ``None`` in either place is a fallback."""
+
+
+def find_handler(handlers: HandlerTable, endpoint: str, event_type: str) -> AsyncHandler | None:
+    """The handler of ``event_type`` on ``endpoint``: the most specific registration wins.
+
+    Order: this endpoint's handler of the type, the type's handler on every endpoint, this
+    endpoint's fallback, the global fallback.
+    """
+    return (
+        handlers.get((endpoint, event_type))
+        or handlers.get((None, event_type))
+        or handlers.get((endpoint, None))
+        or handlers.get((None, None))
+    )

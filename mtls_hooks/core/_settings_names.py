@@ -36,8 +36,10 @@ ENDPOINT_OPTION_NAMES: Final = (
     "rate_limit",
     "rate_limit_per_endpoint",
     "quart_request",
+    "mode",
 )
-# The receiver's own settings beside the endpoint options: endpoints and the dedupe store.
+# The receiver's own settings beside the endpoint options: endpoints, the dedupe store and
+# the inbox.
 STORE_NAMES: Final = (
     "endpoints",
     "dedupe_url",
@@ -46,6 +48,11 @@ STORE_NAMES: Final = (
     "retention_s",
     "lease_s",
     "dedupe_max_entries",
+    "inbox_url",
+    "inbox_concurrency",
+    "inbox_max_attempts",
+    "inbox_max_wait_s",
+    "inbox_lease_s",
 )
 # Every receiver setting, lowercase, as the suffix of MTLS_HOOKS_<NAME>.
 RECEIVER_NAMES: Final = frozenset((*ENDPOINT_OPTION_NAMES, *STORE_NAMES))

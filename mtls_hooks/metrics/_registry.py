@@ -135,6 +135,24 @@ class Metrics:
                 registry=reg,
             )
         )
+        self.inbox_attempts = _Family(
+            Counter(
+                "mtls_hooks_inbox_attempts",
+                "Handler runs from the inbox by endpoint and outcome "
+                "(handled, unhandled, retry, failed).",
+                ["endpoint", "outcome"],
+                registry=reg,
+            )
+        )
+        self.inbox_handler_duration = _Family(
+            Histogram(
+                "mtls_hooks_inbox_handler_duration_seconds",
+                "Duration of one handler run from the inbox.",
+                ["endpoint"],
+                buckets=REQUEST_DURATION_BUCKETS_S,
+                registry=reg,
+            )
+        )
         # Gauges: in multiprocess mode each process writes its own value; the most recent
         # one of a live process is the truth (a reload or a newer depth reading wins).
         self.queue_messages = _Family(
@@ -193,6 +211,12 @@ class Metrics:
         """Count one delivery attempt and observe its duration."""
         self.delivery_attempts.child(endpoint, outcome, status_class(status_code)).inc()
         self.attempt_duration.child(endpoint).observe(seconds)
+
+    def inbox_attempt(self, *, endpoint: str, outcome: str, seconds: float | None) -> None:
+        """Count one handler run from the inbox and observe its duration (if it ran)."""
+        self.inbox_attempts.child(endpoint, outcome).inc()
+        if seconds is not None:
+            self.inbox_handler_duration.child(endpoint).observe(seconds)
 
     def delivery(self, *, endpoint: str, outcome: str) -> None:
         """Count one finished delivery."""

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-import tenacity
-
 from mtls_hooks.queue._protocol import Job
+from mtls_hooks.queue._schedule import attempt_state
 from mtls_hooks.sender._retry import AttemptFailed, RetryPolicy
 
 __all__ = ["Decision", "decide"]
@@ -31,14 +30,7 @@ def decide(policy: RetryPolicy, job: Job, failure: AttemptFailed, *, now: float)
     """Judge ``failure``, the job's attempt number ``job.attempts + 1``, under ``policy``."""
     if not failure.retryable:
         return Decision("failed", 0.0, str(failure))
-    state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]
-    state.attempt_number = job.attempts + 1
-    outcome = tenacity.Future(state.attempt_number)
-    outcome.set_exception(failure)
-    state.outcome = outcome
-    # stop_after_delay and friends measure from the enqueue, not from this process's start.
-    state.start_time = 0.0
-    state.outcome_timestamp = max(0.0, now - job.created_at)
+    state = attempt_state(job, failure, now=now)
     if not policy.retry(state):
         return Decision("failed", 0.0, str(failure))
     wait_s = max(0.0, float(policy.wait(state)))

@@ -67,6 +67,10 @@ class EndpointOptions(TypedDict, total=False):
         quart_request: serve this endpoint through Quart's request machinery, for handlers
             that read ``quart.request`` (or need request hooks): by default a webhook is
             handled on the lean ASGI path (``receiver/_asgi.py``), at about half the cost.
+        mode: ``"direct"``: the handler runs while the sender waits, its outcome is the
+            answer. ``"inbox"``: once every check passed the event is stored durably
+            (``MTLS_HOOKS_INBOX_URL``) and answered 202; handlers run from the inbox, with
+            retries and a dead letter (``mtls_hooks.inbox``).
     """
 
     keys: Sequence[str | VerifyKey]
@@ -83,6 +87,7 @@ class EndpointOptions(TypedDict, total=False):
     rate_limit: str | Rate | None
     rate_limit_per_endpoint: bool
     quart_request: bool
+    mode: str
 
 
 ENDPOINT_DEFAULTS: Final[Mapping[str, Any]] = {
@@ -100,7 +105,9 @@ ENDPOINT_DEFAULTS: Final[Mapping[str, Any]] = {
     "rate_limit": None,
     "rate_limit_per_endpoint": False,
     "quart_request": False,
+    "mode": "direct",
 }
+MODES: Final = ("direct", "inbox")
 OPTION_NAMES: Final = tuple(EndpointOptions.__annotations__)
 _SEQUENCE_OPTIONS: Final = frozenset({"keys", "pins", "allow", "ip_allow", "content_types"})
 _NUMBER_OPTIONS: Final = frozenset({"tolerance_s", "max_body_bytes", "body_timeout_s"})
@@ -130,6 +137,8 @@ def _coerce_config(name: str, value: Any, key: str) -> Any:
                 raise ConfigurationError(f"{key} must be a number, got {value!r}") from exc
         if name in ("require_peer", "rate_limit_per_endpoint", "quart_request"):
             return value.strip().lower() not in ("0", "false", "no", "off")
+        if name == "mode":
+            return value.strip().lower()
     return value
 
 
@@ -174,6 +183,7 @@ class EndpointSettings:
         rate_limit_per_endpoint: whether the identity's bucket is this endpoint's own.
         quart_request: whether requests go through Quart's request machinery (not the lean
             path).
+        mode: ``"direct"`` or ``"inbox"`` (stored, answered 202, handled from the inbox).
     """
 
     name: str
@@ -191,6 +201,7 @@ class EndpointSettings:
     rate_limit: Rate | None = None
     rate_limit_per_endpoint: bool = False
     quart_request: bool = False
+    mode: str = "direct"
     # Verdicts per certificate fingerprint: the policy is fixed and a sender reuses its
     # certificate for every request, so the rule walk (~2 µs) runs once per certificate.
     _verdicts: dict[str, tuple[str, str] | None] = field(
@@ -368,6 +379,10 @@ def compile_endpoint(name: str, path: str, options: Mapping[str, Any]) -> Endpoi
     quart_request = options["quart_request"]
     if not isinstance(quart_request, bool):
         raise ConfigurationError(f"{where}: quart_request must be True or False")
+    mode = options["mode"]
+    if mode not in MODES:
+        hint = did_you_mean(str(mode), MODES, cutoff=0.5)
+        raise ConfigurationError(f"{where}: mode must be 'direct' or 'inbox', got {mode!r}{hint}")
     try:
         rate_limit = parse_rate(options["rate_limit"])
     except ConfigurationError as exc:
@@ -387,4 +402,5 @@ def compile_endpoint(name: str, path: str, options: Mapping[str, Any]) -> Endpoi
         rate_limit=rate_limit,
         rate_limit_per_endpoint=per_endpoint,
         quart_request=quart_request,
+        mode=mode,
     )

@@ -7,6 +7,7 @@ parsed before the signature verified::
     → content type 415 → size 413 (Content-Length, then while reading)
     → signature + timestamp 401 → JSON + event type 400
     → dedupe (duplicate 204, in flight 503) → handler
+                          └─ inbox mode: store the event (202; a known id: 202 duplicate)
 
 The rate limit (``rate_limit``, a token bucket per client SPKI pin) comes right after the
 identity checks: an identity the endpoint refuses spends nothing, and one over its limit costs
@@ -43,11 +44,11 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from mtls_hooks.core._errors import ConfigurationError, SignatureError, TimestampError
-from mtls_hooks.core._events import WebhookEvent
+from mtls_hooks.core._events import AsyncHandler, HandlerTable, WebhookEvent, find_handler
 from mtls_hooks.core._identity import PeerIdentity, peer_from_scope
 from mtls_hooks.core._signing import VerifiedMessage
 from mtls_hooks.receiver._asgi import lean_make_response, lean_no_content
@@ -59,10 +60,9 @@ from mtls_hooks.stores._replay import ClaimState, DedupeStore
 if TYPE_CHECKING:
     from quart import Response
 
-__all__ = ["AsyncHandler", "DecisionLog", "Refusal", "WebhookView", "drain_handlers", "logger"]
+    from mtls_hooks.inbox._inbox import Inbox
 
-AsyncHandler = Callable[[WebhookEvent], Awaitable[Any]]
-HandlerTable = Mapping[tuple[str | None, str | None], AsyncHandler]
+__all__ = ["AsyncHandler", "DecisionLog", "Refusal", "WebhookView", "drain_handlers", "logger"]
 
 
 class WebhookView:
@@ -75,6 +75,7 @@ class WebhookView:
     __slots__ = (
         "_accepted_text",
         "_handlers",
+        "_inbox",
         "_limiter",
         "_quart",
         "_store",
@@ -90,6 +91,8 @@ class WebhookView:
         handlers: HandlerTable,
         tasks: set[asyncio.Task[None]],
         limiter: RateLimiter | None = None,
+        *,
+        inbox: Inbox | None = None,
     ) -> None:
         import quart
         from werkzeug.exceptions import RequestEntityTooLarge
@@ -102,6 +105,8 @@ class WebhookView:
         self._tasks = tasks
         # Consulted only when the endpoint has a rate_limit: None costs nothing per request.
         self._limiter = limiter if ep.rate_limit is not None else None
+        # Where an endpoint in inbox mode stores its events; None for a direct one.
+        self._inbox = inbox if ep.mode == "inbox" else None
         self._accepted_text = ", ".join(sorted(ep.content_types))
         # Bound once: an import statement in the request path costs a lookup every time.
         self._quart = quart
@@ -274,10 +279,24 @@ class WebhookView:
         peer: PeerIdentity | None,
         req: Any,
     ) -> Response:
-        """Claim the id, run the handler once, and settle the claim by the outcome."""
+        """Claim the id, run the handler once, and settle the claim by the outcome; in inbox
+        mode, store the event instead and answer 202."""
         response_class = self._quart.Response
         name = self.ep.name
         webhook_id = message.webhook_id
+        if self._inbox is not None:
+            event = WebhookEvent(
+                webhook_id, event_type, message.timestamp, payload, body, peer, name
+            )
+            try:
+                created = await self._inbox.accept(event)
+            except Exception:
+                logger.exception("inbox failed to store webhook %s", webhook_id)
+                return log.refused(_INBOX_DOWN, level=logging.ERROR)
+            if created:
+                return log.done(response_class(b"", 202), "queued")
+            # Already stored (handled or not): the sender may stop retrying.
+            return log.done(response_class(b"", 202, {"Webhook-Duplicate": "true"}), "duplicate")
         store = self._store
         key = f"{name} {webhook_id}"  # ids never contain spaces, so this key is unambiguous
         try:
@@ -290,13 +309,7 @@ class WebhookView:
         if claim is ClaimState.IN_FLIGHT:
             detail = f"webhook {webhook_id} is being processed by another request; retry later"
             return log.refused(_IN_FLIGHT._replace(detail=detail))
-        handlers = self._handlers
-        handler = (
-            handlers.get((name, event_type))
-            or handlers.get((None, event_type))
-            or handlers.get((name, None))
-            or handlers.get((None, None))
-        )
+        handler = find_handler(self._handlers, name, event_type)
         if handler is None:
             await _settle(store, key, success=True)
             return log.done(response_class(b"", 204), "unhandled")
@@ -521,6 +534,9 @@ _NO_TYPE: Final = Refusal(
 # retry would come and the event would be lost. Retry-After: the first delivery is usually
 # done within seconds; the sender comes back then.
 _IN_FLIGHT: Final = Refusal(503, "in-flight", "", {"Retry-After": "5"})
+_INBOX_DOWN: Final = Refusal(
+    503, "store-unavailable", "the inbox is unavailable; retry later", {"Retry-After": "30"}
+)
 _STORE_DOWN: Final = Refusal(
     503, "store-unavailable", "the dedupe store is unavailable; retry later", {"Retry-After": "30"}
 )

@@ -27,16 +27,23 @@ by then the id is done (204 duplicate) or released (the handler runs).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import os
+import types
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Final, TypeVar, Unpack, cast
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.core._events import Handler
 from mtls_hooks.core._suggest import did_you_mean
+from mtls_hooks.inbox._inbox import Inbox
+from mtls_hooks.inbox._retry import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT_S, InboxRetry
+from mtls_hooks.inbox._worker import InboxWorker
+from mtls_hooks.queue._protocol import DEFAULT_LEASE_S as INBOX_LEASE_S
 from mtls_hooks.receiver._asgi import LeanWebhooks, mount_lean_path
 from mtls_hooks.receiver._endpoint import (
     CONFIG_PREFIX,
@@ -75,6 +82,11 @@ _RECEIVER_KEYS: Final = {
     "RETENTION_S": DEFAULT_RETENTION_S,
     "LEASE_S": DEFAULT_LEASE_S,
     "DEDUPE_MAX_ENTRIES": DEFAULT_MAX_ENTRIES,
+    "INBOX_URL": None,
+    "INBOX_CONCURRENCY": 8,
+    "INBOX_MAX_ATTEMPTS": DEFAULT_MAX_ATTEMPTS,
+    "INBOX_MAX_WAIT_S": DEFAULT_MAX_WAIT_S,
+    "INBOX_LEASE_S": INBOX_LEASE_S,
 }
 _ENDPOINT_KEYS: Final = {name.upper(): name for name in ENDPOINT_DEFAULTS}
 # The serving core's settings may sit in app.config under the same prefix: known, not ours.
@@ -105,6 +117,13 @@ class _AppState:
     handler_tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
     # The lean path on app.asgi_app (receiver/_asgi.py), None if another middleware was first.
     lean: LeanWebhooks | None = None
+    # Inbox mode: where events are stored, and how this app's own worker runs them.
+    inbox: Inbox | None = None
+    owns_inbox: bool = False
+    inbox_settings: dict[str, Any] = field(default_factory=dict)
+    # False once a worker was made with inbox_worker(): the app then starts none of its own.
+    inbox_in_app: bool = True
+    inbox_task: asyncio.Task[Any] | None = field(default=None, repr=False)
 
 
 class WebhookEndpoint:
@@ -167,6 +186,8 @@ class WebhookReceiver:
         name: str = "default",
         store: DedupeStore | None = None,
         rate_limiter: RateLimiter | None = None,
+        inbox: Inbox | None = None,
+        inbox_retry: InboxRetry | None = None,
         **options: Unpack[EndpointOptions],
     ) -> None:
         """Create the extension, and initialise it on ``app`` when given.
@@ -180,6 +201,11 @@ class WebhookReceiver:
                 else in memory).
             rate_limiter: where the ``rate_limit`` buckets live; by default in the dedupe
                 store's PostgreSQL or Redis when it has one, else in process memory.
+            inbox: where endpoints in inbox mode store events, for every app; by default
+                each app opens ``MTLS_HOOKS_INBOX_URL``.
+            inbox_retry: when a handler run from the inbox runs again after raising; by
+                default ``MTLS_HOOKS_INBOX_MAX_ATTEMPTS`` attempts, backoff capped at
+                ``MTLS_HOOKS_INBOX_MAX_WAIT_S``.
             options: endpoint options shared by every endpoint.
 
         Raises:
@@ -189,6 +215,8 @@ class WebhookReceiver:
         self._options: dict[str, Any] = dict(options)
         self._store = store
         self._limiter = rate_limiter
+        self._inbox = inbox
+        self._inbox_retry = inbox_retry
         self._endpoints: dict[str, WebhookEndpoint] = {}
         self._handlers: dict[tuple[str | None, str | None], Callable[..., Awaitable[Any]]] = {}
         self._states: weakref.WeakKeyDictionary[Quart, _AppState] = weakref.WeakKeyDictionary()
@@ -230,7 +258,14 @@ class WebhookReceiver:
             self._compile(endpoint_config, receiver_config, endpoint)
             for endpoint in self._endpoints.values()
         ]
-        state = self._make_state(extra)
+        inbox = self._open_inbox(extra, needed=any(c.mode == "inbox" for c in compiled))
+        try:
+            state = self._make_state(extra)
+        except BaseException:
+            if inbox[0] is not None and inbox[1]:
+                inbox[0].close()
+            raise
+        state.inbox, state.owns_inbox, state.inbox_settings = inbox
         state.config_endpoints = endpoint_config
         state.receiver_config = receiver_config
         self._states[app] = state
@@ -246,11 +281,17 @@ class WebhookReceiver:
             timeout_s = current_app.config.get("BACKGROUND_TASK_SHUTDOWN_TIMEOUT", 5)
             await drain_handlers(state.handler_tasks, float(timeout_s))
 
+        if state.inbox is not None:
+            app.before_serving(functools.partial(self._start_inbox_worker, app, state))
+            # First: the inbox's running handlers get their grace while the rest is open.
+            app.after_serving(functools.partial(self._stop_inbox_worker, state))
         # Registered before the store's close: after_serving functions run in order, and a
         # handler that finishes during the drain still settles its claim in an open store.
         app.after_serving(drain)
         if state.owns_store:
             app.after_serving(state.store.aclose)
+        if state.inbox is not None and state.owns_inbox:
+            app.after_serving(state.inbox.aclose)
 
     def _make_state(self, extra: Mapping[str, Any]) -> _AppState:
         """Open the app's dedupe store (and rate limiter) from its settings.
@@ -288,6 +329,114 @@ class WebhookReceiver:
             limiter = shared() if callable(shared) else MemoryRateLimiter()
         return _AppState(store, owned, limiter, {}, {})
 
+    def _open_inbox(
+        self, extra: Mapping[str, Any], *, needed: bool
+    ) -> tuple[Inbox | None, bool, dict[str, Any]]:
+        """Open the app's inbox when an endpoint is in inbox mode or a URL is configured.
+
+        Returns:
+            The inbox (or ``None``), whether the app owns it, and its worker's settings.
+
+        Raises:
+            ConfigurationError: inbox mode without an inbox, or a URL that is not durable.
+            StoreUnavailableError: the inbox's database cannot be reached now.
+        """
+        url = extra["INBOX_URL"]
+        concurrency = extra["INBOX_CONCURRENCY"]
+        retry = self._inbox_retry or InboxRetry.of(
+            max_attempts=extra["INBOX_MAX_ATTEMPTS"], max_wait_s=extra["INBOX_MAX_WAIT_S"]
+        )
+        settings = {"concurrency": concurrency, "lease_s": extra["INBOX_LEASE_S"], "retry": retry}
+        if self._inbox is not None:
+            return self._inbox, False, settings
+        if not url:
+            if needed:
+                raise ConfigurationError(
+                    "an endpoint has mode='inbox' but no inbox is configured: set "
+                    "MTLS_HOOKS_INBOX_URL (sqlite:///path or postgresql://...)"
+                )
+            return None, False, settings
+        if not isinstance(url, str) or url.split(":", 1)[0].lower() == "memory":
+            raise ConfigurationError(
+                f"MTLS_HOOKS_INBOX_URL must name a durable store (sqlite:///path or "
+                f"postgresql://...), got {url!r}: an event answered 202 must survive a crash"
+            )
+        return Inbox(url), True, settings
+
+    async def _start_inbox_worker(self, app: Quart, state: _AppState) -> None:
+        if not state.inbox_in_app or state.inbox_settings["concurrency"] == 0:
+            return  # handled by `mtls-hooks process-inbox`, or another worker made here
+        worker = self._new_inbox_worker(app, state, {})
+        task = asyncio.get_running_loop().create_task(worker.run())
+        task.add_done_callback(_inbox_worker_ended)
+        state.inbox_task = task
+        _INBOX_WORKERS[task] = worker
+
+    @staticmethod
+    async def _stop_inbox_worker(state: _AppState) -> None:
+        task, state.inbox_task = state.inbox_task, None
+        if task is None:
+            return
+        worker = _INBOX_WORKERS.pop(task, None)
+        if worker is not None:
+            worker.stop()
+        await asyncio.gather(task, return_exceptions=True)
+
+    def _new_inbox_worker(
+        self, app: Quart, state: _AppState, options: Mapping[str, Any]
+    ) -> InboxWorker:
+        if state.inbox is None:
+            raise ConfigurationError(
+                "this app has no inbox: set MTLS_HOOKS_INBOX_URL (sqlite:///path or "
+                "postgresql://...)"
+            )
+        settings = {
+            "concurrency": state.inbox_settings["concurrency"] or 8,
+            "lease_s": state.inbox_settings["lease_s"],
+            "retry": state.inbox_settings["retry"],
+            **options,
+        }
+        # Quart's AppContext is an async context manager without the ABC's registration.
+        context = cast("Callable[[], AbstractAsyncContextManager[Any]]", app.app_context)
+        return InboxWorker(state.inbox.store, self._handlers, context=context, **settings)
+
+    def inbox(self, app: Quart) -> Inbox:
+        """Return the inbox of ``app`` (operators' view: status, messages, retry, purge).
+
+        Raises:
+            KeyError: the receiver was not initialised on ``app``.
+            ConfigurationError: ``app`` has no inbox.
+        """
+        inbox = self._states[app].inbox
+        if inbox is None:
+            raise ConfigurationError("this app has no inbox: set MTLS_HOOKS_INBOX_URL")
+        return inbox
+
+    def inbox_worker(self, app: Quart, **options: Any) -> InboxWorker:
+        """Make a worker that runs ``app``'s handlers from its inbox (``process-inbox``).
+
+        The app then starts no inbox worker of its own when it serves: run this one (in
+        another process, or beside the server) with ``await worker.run()``.
+
+        Args:
+            app: an app this receiver was initialised on.
+            options: :class:`~mtls_hooks.inbox.InboxWorker` settings that override the
+                app's (``concurrency``, ``lease_s``, ``retry``, ``poll_interval_s``, ...).
+
+        Raises:
+            KeyError: the receiver was not initialised on ``app``.
+            ConfigurationError: ``app`` has no inbox, or a bad setting.
+        """
+        state = self._states[app]
+        worker = self._new_inbox_worker(app, state, options)
+        state.inbox_in_app = False
+        return worker
+
+    @property
+    def handlers(self) -> Mapping[tuple[str | None, str | None], Callable[..., Awaitable[Any]]]:
+        """The registered handlers by ``(endpoint, event type)`` (read-only, live)."""
+        return types.MappingProxyType(self._handlers)
+
     def endpoint(
         self, path: str, *, name: str | None = None, **options: Unpack[EndpointOptions]
     ) -> WebhookEndpoint:
@@ -314,6 +463,12 @@ class WebhookReceiver:
             (app, state, self._compile(state.config_endpoints, state.receiver_config, endpoint))
             for app, state in self._states.items()
         ]
+        for _, state, settings in compiled:
+            if settings.mode == "inbox" and state.inbox is None:
+                raise ConfigurationError(
+                    f"endpoint {name!r} has mode='inbox' but its app has no inbox: set "
+                    "MTLS_HOOKS_INBOX_URL (sqlite:///path or postgresql://...)"
+                )
         self._endpoints[name] = endpoint
         for app, state, settings in compiled:
             self._route(app, state, settings)
@@ -337,7 +492,12 @@ class WebhookReceiver:
     def _route(self, app: Quart, state: _AppState, settings: EndpointSettings) -> None:
         state.endpoints[settings.name] = settings
         view = WebhookView(
-            settings, state.store, self._handlers, state.handler_tasks, state.limiter
+            settings,
+            state.store,
+            self._handlers,
+            state.handler_tasks,
+            state.limiter,
+            inbox=state.inbox,
         )
         app.add_url_rule(
             settings.path,
@@ -446,6 +606,13 @@ def _read_config(
     extra["DEDUPE_MAX_ENTRIES"] = int(
         _number(extra["DEDUPE_MAX_ENTRIES"], CONFIG_PREFIX + "DEDUPE_MAX_ENTRIES")
     )
+    for short, least in (("INBOX_CONCURRENCY", 0), ("INBOX_MAX_ATTEMPTS", 1)):
+        extra[short] = _whole(extra[short], CONFIG_PREFIX + short, least)
+    for short in ("INBOX_MAX_WAIT_S", "INBOX_LEASE_S"):
+        value = _number(extra[short], CONFIG_PREFIX + short)
+        if not 0 < value < float("inf"):
+            raise ConfigurationError(f"{CONFIG_PREFIX}{short} must be > 0, got {value!r}")
+        extra[short] = value
     endpoints: Any = extra.pop("ENDPOINTS") or {}
     if not isinstance(endpoints, Mapping):
         raise ConfigurationError("MTLS_HOOKS_ENDPOINTS must map endpoint names to options")
@@ -472,6 +639,27 @@ def _environment(environ: Mapping[str, str]) -> dict[str, str]:
         for name, value in environ.items()
         if name.startswith(CONFIG_PREFIX) and name[len(CONFIG_PREFIX) :] in _ENVIRONMENT_KEYS
     }
+
+
+def _whole(value: Any, key: str, least: int) -> int:
+    number = _number(value, key)
+    if number != int(number) or number < least:
+        raise ConfigurationError(f"{key} must be a whole number >= {least}, got {value!r}")
+    return int(number)
+
+
+def _inbox_worker_ended(task: asyncio.Task[Any]) -> None:
+    # The in-app worker only ends when stopped; anything else is a fault to see in the log.
+    if not task.cancelled() and task.exception() is not None:
+        from mtls_hooks.receiver._pipeline import logger
+
+        logger.error("the inbox worker stopped on an error", exc_info=task.exception())
+
+
+# The in-app inbox worker of each running app, by its task (weakly: a finished app frees it).
+_INBOX_WORKERS: weakref.WeakKeyDictionary[asyncio.Task[Any], InboxWorker] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _number(value: Any, key: str) -> float:

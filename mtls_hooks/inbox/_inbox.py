@@ -1,0 +1,175 @@
+"""The inbox: verified webhooks stored durably before the sender hears 202, then handled.
+
+A webhook endpoint in inbox mode (``mode="inbox"``) runs every check of the direct mode
+(identity, source, rate limit, credentials, type, size, signature, timestamp, JSON), then,
+instead of claiming the id and running the handler while the sender waits, commits the
+verified event as a job of the queue engine (SQLite or PostgreSQL, the outbox's engine) and
+answers ``202 Accepted``. Handlers run from there (:mod:`mtls_hooks.inbox._worker`), in the
+receiver's workers or in ``mtls-hooks process-inbox``, with retries, backoff and a dead letter.
+
+:meth:`Inbox.accept` groups the events of one event-loop turn into one transaction
+(``enqueue_many``) written on a private thread, so a busy receiver pays the database's fixed
+cost per commit (and SQLite's fsync, with the default ``synchronous=full``) once per batch,
+and the event loop never waits for a disk. The 202 leaves only after the commit: a crash at
+any point after it loses nothing.
+
+The methods without ``accept`` are the operator's view, the same verbs as the outbox's:
+status, messages, show, retry (the dead letter) and purge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final, Self
+
+from mtls_hooks.core._errors import ConfigurationError
+from mtls_hooks.core._events import WebhookEvent
+from mtls_hooks.inbox._envelope import QUEUE, job_for_event
+from mtls_hooks.queue._protocol import (
+    AttemptRecord,
+    Job,
+    JobState,
+    NewJob,
+    QueueStats,
+    QueueStore,
+    check_seconds,
+)
+from mtls_hooks.queue._url import open_store
+from mtls_hooks.stores._batch import Batcher
+
+__all__ = ["Inbox"]
+
+# Events per transaction at most, and transactions on their way at once. SQLite has one
+# writer, so its batches queue behind each other; PostgreSQL runs them side by side.
+_MAX_BATCH: Final = 64
+_MAX_FLIGHTS: Final = 4
+
+
+class Inbox:
+    """Where verified webhooks wait for their handler; see the module docstring.
+
+    Example::
+
+        inbox = Inbox("sqlite:///var/lib/hooks/inbox.sqlite3")
+        print(inbox.status().by_state)
+    """
+
+    def __init__(self, store: QueueStore | str, *, clock: Callable[[], float] = time.time) -> None:
+        """Use ``store``: a :class:`~mtls_hooks.queue.QueueStore` or a store URL.
+
+        Raises:
+            ConfigurationError: a malformed URL.
+            StoreUnavailableError: the database cannot be opened or reached.
+        """
+        if isinstance(store, str):
+            self.store: QueueStore = open_store(store, clock=clock)
+            self._owns_store = True
+        else:
+            self.store = store
+            self._owns_store = False
+        self._executor: ThreadPoolExecutor | None = None
+        self._batcher: Batcher[NewJob, tuple[str, bool]] = Batcher(
+            self._write, max_batch=_MAX_BATCH, max_flights=_MAX_FLIGHTS
+        )
+
+    @property
+    def url(self) -> str:
+        """The store's URL (its password, if any, is never shown by ``repr``)."""
+        return self.store.url
+
+    def __repr__(self) -> str:
+        return f"Inbox({self.store!r})"
+
+    # -- accepting ----------------------------------------------------------------------
+
+    async def accept(self, event: WebhookEvent) -> bool:
+        """Commit ``event``; True once stored, False when the inbox already had it.
+
+        Raises:
+            StoreUnavailableError: the database cannot be reached: nothing was stored.
+        """
+        _, created = await self._batcher.submit(job_for_event(event))
+        return created
+
+    async def _write(self, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=_MAX_FLIGHTS, thread_name_prefix="mtls-hooks-inbox"
+            )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.store.enqueue_many, jobs)
+
+    # -- the operator's view --------------------------------------------------------------
+
+    def status(self) -> QueueStats:
+        """Counts by state and endpoint, and the age of the oldest due event."""
+        return self.store.stats(QUEUE)
+
+    def messages(
+        self, *, state: JobState | None = None, endpoint: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        """Stored events, oldest first (``state=JobState.FAILED``: the dead letter)."""
+        return self.store.jobs(QUEUE, state=state, target=endpoint, limit=limit)
+
+    def show(self, job_id: str) -> tuple[Job, list[AttemptRecord]]:
+        """One stored event and its handler runs.
+
+        Raises:
+            ConfigurationError: no inbox event has that id.
+        """
+        job = self.store.get(job_id)
+        if job is None or job.queue != QUEUE:
+            raise ConfigurationError(f"no inbox event {job_id!r}")
+        return job, self.store.history(job_id)
+
+    def retry(
+        self, job_ids: Sequence[str] = (), *, endpoint: str | None = None, all_failed: bool = False
+    ) -> int:
+        """Replay dead-lettered events: these ids, an endpoint's, or all; returns how many.
+
+        Raises:
+            ConfigurationError: not exactly one of ids, ``endpoint`` and ``all_failed``.
+        """
+        chosen = sum(bool(x) for x in (list(job_ids), endpoint is not None, all_failed))
+        if chosen != 1:
+            raise ConfigurationError("retry needs event ids, an endpoint, or all_failed")
+        return self.store.requeue(QUEUE, job_ids=list(job_ids), target=endpoint)
+
+    def purge(self, *, older_than_s: float) -> int:
+        """Delete handled and dead-lettered events last updated that long ago.
+
+        A purged event's id is forgotten: a sender's late retry of it is stored and handled
+        again. Keep events at least as long as senders retry (Standard Webhooks senders:
+        about three days).
+        """
+        return self.store.purge(
+            QUEUE, older_than_s=check_seconds("older_than_s", older_than_s, zero=True)
+        )
+
+    # -- closing ------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Wait for the writes on their way, then close what this inbox opened."""
+        await self._batcher.aclose()
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
+        if self._owns_store:
+            await asyncio.get_running_loop().run_in_executor(None, self.store.close)
+
+    def close(self) -> None:
+        """Close what this inbox opened (blocking code: the CLI)."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown()
+        if self._owns_store:
+            self.store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
