@@ -32,7 +32,7 @@ import ssl
 import stat
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import hypercorn.asyncio.run as hypercorn_run
@@ -79,6 +79,7 @@ class _MtlsHypercornConfig(HypercornConfig):
         self.material = material
         self._ready = ready
         self.silence_timeout_s: float | None = None
+        self.idle = _IdleConnections()
         # Open connections, so that shutdown can abort the ones that outlive
         # graceful_timeout (see _abort_stragglers).
         self.connections: weakref.WeakKeyDictionary[asyncio.StreamWriter, Any] = (
@@ -186,66 +187,111 @@ async def _refuse_headers(scope: Any, send: Any, size: int, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class _IdleTimer:
-    """A connection's keep-alive timer, as hypercorn's ``AsyncioSingleTask``, without its leak.
+class _IdleConnections:
+    """The keep-alive timers of one server's idle connections, fired at once when it stops.
 
-    Hypercorn 0.18 restarts the timer each time a connection falls idle: it builds the
-    ``TCPServer._idle_timeout()`` coroutine and only then asks the connection's
-    ``asyncio.TaskGroup`` to run it. The request that makes the connection idle may end in a
-    task outside that group (Quart sends its response from a task of its own) after the
-    group stopped taking tasks. Over HTTP/2, a 413 sent while the client still streams the
-    body does it: hypercorn forgets the answered stream, then waits to queue
-    ``http.disconnect`` to the app; meanwhile the next DATA frame for that stream raises
-    ``KeyError`` in its h2 protocol (pgjones/hypercorn#329), which cancels the group; then
-    the response task resumes and restarts the timer. ``create_task`` raises, and before
-    Python 3.13 it leaves the coroutine un-awaited
-    (python/cpython#115957): a "coroutine 'TCPServer._idle_timeout' was never awaited"
-    RuntimeWarning at some later garbage collection (pgjones/hypercorn#338), which
-    ``filterwarnings = error`` turns into the failure of an unrelated test. A group that
-    takes no more tasks belongs to a connection being torn down, which needs no idle timer:
-    the coroutine is closed and the caller carries on. Otherwise behaves as hypercorn's.
-    (:class:`_Streams` now keeps that DATA frame from failing the group; any other teardown
-    of a group still takes this path.)
+    Hypercorn's idle task waits for ``keep_alive_timeout`` *or* the worker's ``terminated``
+    event, so a shutdown closes idle keep-alive connections at once. With timers instead of
+    tasks (:class:`_IdleTimer`), one task per server waits for ``terminated`` and fires the
+    timers of the connections idle then; a connection falling idle later finds the event set.
     """
 
-    __slots__ = ("_closed", "_lock", "_task")
+    __slots__ = ("timers", "watcher")
 
     def __init__(self) -> None:
-        self._task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
+        self.timers: set[_IdleTimer] = set()
+        self.watcher: asyncio.Task[None] | None = None
+
+    def watch(self, context: Any) -> None:
+        """Start waiting for ``context.terminated`` (once per server)."""
+        if self.watcher is None:
+            self.watcher = asyncio.get_running_loop().create_task(self._fire_at_end(context))
+
+    async def _fire_at_end(self, context: Any) -> None:
+        await context.terminated.wait()
+        for timer in list(self.timers):
+            timer.expire()
+
+    def stop(self) -> None:
+        """Stop waiting (the server is done)."""
+        if self.watcher is not None:
+            self.watcher.cancel()
+
+
+class _IdleTimer:
+    """A connection's keep-alive timer: a loop timer, where hypercorn runs a task.
+
+    Hypercorn 0.18 restarts its timer each time a connection falls idle and stops it each
+    time a request arrives: an ``asyncio.Lock``, a task running ``TCPServer._idle_timeout``
+    (whose ``asyncio.wait_for`` makes a second task and a timer), then a cancellation and an
+    await of both, twice per keep-alive request. Here a request costs one ``call_later`` and
+    one ``cancel``. When the timer fires (or the server stops, see :class:`_IdleConnections`),
+    the connection is closed as hypercorn's ``_idle_timeout`` ends: by
+    ``TCPServer._initiate_server_close()``, in a task of the connection's task group.
+
+    A group that takes no more tasks belongs to a connection being torn down, which needs no
+    closing: the coroutine is closed unawaited and the caller carries on. (Hypercorn's own
+    timer left a never-awaited coroutine there before Python 3.13, python/cpython#115957,
+    pgjones/hypercorn#338: a RuntimeWarning at some later garbage collection, which
+    ``filterwarnings = error`` turned into the failure of an unrelated test.)
+    """
+
+    __slots__ = ("_closed", "_config", "_context", "_group", "_handle", "_loop", "_server")
+
+    def __init__(self, server: Any) -> None:
+        # The server weakly: it holds this timer, and a cycle would keep every connection's
+        # objects (and asyncio's 256 KiB read buffer) until a full garbage collection.
+        self._server = weakref.ref(server)
+        self._config: _MtlsHypercornConfig = server.config
+        self._context = server.context
+        self._loop: asyncio.AbstractEventLoop = server.loop
+        self._handle: asyncio.TimerHandle | None = None
+        self._group: HypercornTaskGroup | None = None
         self._closed = False
 
-    async def restart(
-        self,
-        task_group: HypercornTaskGroup,
-        action: Callable[[], Coroutine[Any, Any, None]],
-    ) -> None:
-        async with self._lock:
-            await self._cancel()
-            if self._closed:  # the peer is gone: nothing left to time (see close)
-                return
-            timer = action()
-            try:
-                self._task = task_group._task_group.create_task(timer)
-            except RuntimeError:  # "TaskGroup ... is shutting down" / "... is finished"
-                timer.close()
+    async def restart(self, task_group: HypercornTaskGroup, action: Any) -> None:
+        """The connection fell idle: close it after ``keep_alive_timeout`` unless a request
+        comes (``action``, hypercorn's ``_idle_timeout``, is not needed: see the class)."""
+        self._cancel()
+        if self._closed:  # the peer is gone: nothing left to time (see close)
+            return
+        self._group = task_group
+        idle = self._config.idle
+        idle.watch(self._context)
+        if self._context.terminated.is_set():
+            self.expire()
+            return
+        self._handle = self._loop.call_later(self._config.keep_alive_timeout, self.expire)
+        idle.timers.add(self)
 
     async def stop(self) -> None:
-        async with self._lock:
-            await self._cancel()
+        """A request arrived: the connection is busy."""
+        self._cancel()
 
     async def close(self) -> None:
         """Stop the timer for good: the connection reads no more, so it is never idle again."""
-        async with self._lock:
-            self._closed = True
-            await self._cancel()
+        self._closed = True
+        self._group = None
+        self._cancel()
 
-    async def _cancel(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    def _cancel(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.cancel()
+            self._config.idle.timers.discard(self)
+
+    def expire(self) -> None:
+        """Close the idle connection now (the timer fired, or the server stops)."""
+        self._cancel()
+        group, self._group = self._group, None
+        server = self._server()
+        if group is None or server is None or self._closed:
+            return
+        closing = server._initiate_server_close()
+        try:
+            group._task_group.create_task(closing)
+        except RuntimeError:  # "TaskGroup ... is shutting down" / "... is finished"
+            closing.close()
 
 
 class _AnsweredStream:
@@ -318,7 +364,7 @@ class _TLSTCPServer(_ORIGINAL_TCP_SERVER):  # type: ignore[misc]
             config.connections[writer] = writer.get_extra_info("socket")
         super().__init__(app, loop, config, context, state, reader, writer)
         if isinstance(config, _MtlsHypercornConfig):
-            self.idle_task = _IdleTimer()
+            self.idle_task = _IdleTimer(self)
 
     async def _read_data(self) -> None:
         await self._read_until_closed()
@@ -364,6 +410,15 @@ class _TLSTCPServer(_ORIGINAL_TCP_SERVER):  # type: ignore[misc]
             await super()._close()
         except ssl.SSLError as exc:
             refusal_logger.debug("event=close_failed detail=%s", _quote(str(exc)))
+        # This server object lives on in reference cycles (its protocol holds its bound
+        # protocol_send) until the garbage collector's oldest generation runs, and through
+        # writer.transport it held asyncio's SSLProtocol and its 256 KiB read buffer. A TLS
+        # transport's second close() drops that reference; hypercorn makes one only when the
+        # peer's close came first (issue 9: a health check left ~40 KiB of RSS per connection
+        # when the keep-alive timer no longer delayed this close by a few loop turns).
+        transport = self.writer.transport
+        if transport.is_closing():
+            transport.close()
 
 
 _patch_lock = threading.Lock()
@@ -568,6 +623,7 @@ async def serve_async(
     stop_watching = asyncio.Event()
     watcher: asyncio.Task[None] | None = None
     timers: list[asyncio.TimerHandle] = []
+    hc: _MtlsHypercornConfig | None = None
     try:
         if _in_main_thread():
             cleanups.append(material.install_signal_handler(loop))
@@ -602,6 +658,8 @@ async def serve_async(
                 shutdown_trigger=_bounded_shutdown_trigger,
             )
     finally:
+        if hc is not None:
+            hc.idle.stop()
         for timer in timers:
             timer.cancel()
         stop_watching.set()

@@ -9,15 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import types
 import warnings
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from hypercorn.asyncio.task_group import TaskGroup as HypercornTaskGroup
+from hypercorn.asyncio.worker_context import WorkerContext
 from quart import Quart, request
 
-from mtls_hooks.serving._serving import _IdleTimer
+from mtls_hooks.serving._serving import _IdleConnections, _IdleTimer
 from mtls_hooks.testing import running_server
 from tests.serving.conftest import Cast, LogCollector, Pki
 
@@ -84,21 +86,94 @@ def test_early_http2_refusals_leave_no_unawaited_idle_timer(pki: Pki, cast: Cast
     assert [line for line in asyncio_log.lines if "never retrieved" in line] == []
 
 
+class _Server:
+    """What the timer reads of its ``TCPServer``: loop, config, context, the close."""
+
+    def __init__(self, *, terminated: bool = False) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.config = types.SimpleNamespace(idle=_IdleConnections(), keep_alive_timeout=0.01)
+        self.context = WorkerContext(None)
+        self.terminated = terminated
+        self.closes = 0
+        self.closed = asyncio.Event()
+
+    async def start(self) -> _Server:
+        if self.terminated:
+            await self.context.terminated.set()
+        return self
+
+    async def _initiate_server_close(self) -> None:
+        self.closes += 1
+        self.closed.set()
+
+
 @pytest.mark.asyncio
 async def test_idle_timer_closes_the_coroutine_a_finished_group_refuses() -> None:
     group = HypercornTaskGroup(asyncio.get_running_loop())
     async with group:
         pass
-    ran: list[bool] = []
-
-    async def idle_timeout() -> None:
-        ran.append(True)
-
-    timer = _IdleTimer()
+    server = _Server()
+    timer = _IdleTimer(server)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        await timer.restart(group, idle_timeout)  # no RuntimeError reaches the caller
+        await timer.restart(group, None)
+        timer.expire()  # the group refuses the close: no RuntimeError reaches the caller
         gc.collect()
     await timer.stop()
     assert [str(w.message) for w in caught] == []
-    assert ran == []
+    assert server.closes == 0
+    server.config.idle.stop()
+
+
+@pytest.mark.asyncio
+async def test_idle_timer_closes_an_idle_connection_once_the_timeout_passes() -> None:
+    server = _Server()
+    async with HypercornTaskGroup(asyncio.get_running_loop()) as group:
+        timer = _IdleTimer(server)
+        await timer.restart(group, None)
+        assert server.config.idle.timers == {timer}
+        await asyncio.wait_for(server.closed.wait(), 5)  # a connection's group stays open
+    assert server.closes == 1
+    assert server.config.idle.timers == set()
+    server.config.idle.stop()
+
+
+@pytest.mark.asyncio
+async def test_idle_timer_stopped_by_a_request_closes_nothing() -> None:
+    server = _Server()
+    async with HypercornTaskGroup(asyncio.get_running_loop()) as group:
+        timer = _IdleTimer(server)
+        await timer.restart(group, None)
+        await timer.stop()
+        assert server.config.idle.timers == set()
+        await asyncio.sleep(0.05)  # well past the 10 ms timeout: the timer was cancelled
+    assert server.closes == 0
+    server.config.idle.stop()
+
+
+@pytest.mark.asyncio
+async def test_idle_connections_close_at_once_when_the_server_stops() -> None:
+    server = _Server()
+    server.config.keep_alive_timeout = 3600.0
+    async with HypercornTaskGroup(asyncio.get_running_loop()) as group:
+        timer = _IdleTimer(server)
+        await timer.restart(group, None)
+        await server.context.terminated.set()
+        await asyncio.wait_for(server.closed.wait(), 5)
+    assert server.closes == 1
+    # Falling idle after the stop closes at once, too (in a task of the group, awaited by it).
+    async with HypercornTaskGroup(asyncio.get_running_loop()) as group:
+        await _IdleTimer(server).restart(group, None)
+    assert server.closes == 2
+    server.config.idle.stop()
+
+
+@pytest.mark.asyncio
+async def test_idle_timer_of_a_closed_connection_never_fires() -> None:
+    server = await _Server(terminated=True).start()
+    async with HypercornTaskGroup(asyncio.get_running_loop()) as group:
+        timer = _IdleTimer(server)
+        await timer.close()
+        await timer.restart(group, None)
+    assert server.closes == 0
+    server.config.idle.stop()
