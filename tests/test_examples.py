@@ -441,3 +441,40 @@ def test_outbox_example_delivers_each_invoice_once(
         "0 delivered, 0 failed",
     ]
     assert sorted(m[1] for m in HANDLED.findall(out)) == sorted(set(delivered))
+
+
+def test_inbox_example_answers_202_then_handles_each_event_once(
+    pki: Pki,
+    secret_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from mtls_hooks.core._signing import Signer
+    from tests.outbox.processes import wait_until
+
+    monkeypatch.setenv("MTLS_HOOKS_INBOX_URL", f"sqlite:///{tmp_path / 'inbox.sqlite3'}")
+    receiver = fresh_import("examples.receiver_inbox")
+    inbox = receiver.hooks.inbox(receiver.app)
+    signer = Signer([HmacSecret.parse(SECRET)])
+    body = b'{"type": "invoice.paid", "data": {"amount": 42}}'
+    with running_server(receiver.app, pki.server_config(pki.client)) as server:
+        with pki.client_context("client") as client:
+
+            def deliver(webhook_id: str) -> tuple[int, str | None]:
+                headers = {**signer.sign(body, webhook_id=webhook_id).as_dict()}
+                headers["content-type"] = "application/json"
+                answer = client.post(server.url("/webhooks"), content=body, headers=headers)
+                return answer.status_code, answer.headers.get("Webhook-Duplicate")
+
+            answers = [deliver(webhook_id) for webhook_id in ("msg_a", "msg_b", "msg_a")]
+        assert answers == [(202, None), (202, None), (202, "true")]
+        # The unpinned billing identity is refused in the handshake: nothing is stored.
+        with pki.client_context("billing") as stranger, pytest.raises(httpx.TransportError):
+            stranger.post(server.url("/webhooks"), content=body)
+        # The server's own inbox worker runs the handler.
+        wait_until(lambda: inbox.status().by_state["done"] == 2, "both handled", timeout_s=20)
+        assert inbox.status().by_state == {"pending": 0, "running": 0, "done": 2, "failed": 0}
+    handled = re.findall(r"^handled invoice\.paid (msg_\w+) from (.+)$", capsys.readouterr().out,
+                         re.MULTILINE)  # fmt: skip
+    assert sorted(handled) == [("msg_a", "CN=client"), ("msg_b", "CN=client")]
