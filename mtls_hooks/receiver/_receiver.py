@@ -8,8 +8,10 @@ Acknowledgement: a handler returning ``None`` answers ``204 No Content``; a hand
 return any Quart response value, and a non-2xx one releases the id so the sender's retry runs
 the handler again. An event type with no handler and no fallback is acknowledged with 204 too
 (logged as ``unhandled``): refusing it would only make the sender retry it for days. Senders
-give up after 15-30 s, so long work belongs after the acknowledgement (a task queue, or
-``app.add_background_task``), keyed by ``event.id`` to stay idempotent.
+give up after 15-30 s, so long work belongs after the acknowledgement: an endpoint in inbox
+mode (``mode="inbox"``) stores each verified event durably, answers 202 and runs its handlers
+from the inbox (:mod:`mtls_hooks.inbox`), in an inbox worker each serving process starts
+(``MTLS_HOOKS_INBOX_CONCURRENCY``) or in ``mtls-hooks process-inbox``.
 
 A handler runs to its end even when its sender hangs up first (a timeout shorter than the
 handler): it runs in a task of its own, which settles the id's claim when the handler returns,
@@ -123,6 +125,7 @@ class _AppState:
     inbox_settings: dict[str, Any] = field(default_factory=dict)
     # False once a worker was made with inbox_worker(): the app then starts none of its own.
     inbox_in_app: bool = True
+    inbox_worker: InboxWorker | None = field(default=None, repr=False)
     inbox_task: asyncio.Task[Any] | None = field(default=None, repr=False)
 
 
@@ -366,20 +369,20 @@ class WebhookReceiver:
     async def _start_inbox_worker(self, app: Quart, state: _AppState) -> None:
         if not state.inbox_in_app or state.inbox_settings["concurrency"] == 0:
             return  # handled by `mtls-hooks process-inbox`, or another worker made here
-        worker = self._new_inbox_worker(app, state, {})
+        # Running handlers get Quart's bound on background work at shutdown, as direct ones do.
+        grace_s = float(app.config.get("BACKGROUND_TASK_SHUTDOWN_TIMEOUT", 5))
+        worker = self._new_inbox_worker(app, state, {"shutdown_grace_s": grace_s})
         task = asyncio.get_running_loop().create_task(worker.run())
         task.add_done_callback(_inbox_worker_ended)
-        state.inbox_task = task
-        _INBOX_WORKERS[task] = worker
+        state.inbox_worker, state.inbox_task = worker, task
 
     @staticmethod
     async def _stop_inbox_worker(state: _AppState) -> None:
-        task, state.inbox_task = state.inbox_task, None
-        if task is None:
+        worker, task = state.inbox_worker, state.inbox_task
+        state.inbox_worker = state.inbox_task = None
+        if worker is None or task is None:
             return
-        worker = _INBOX_WORKERS.pop(task, None)
-        if worker is not None:
-            worker.stop()
+        worker.stop()  # running handlers finish within the grace; the rest go back
         await asyncio.gather(task, return_exceptions=True)
 
     def _new_inbox_worker(
@@ -654,12 +657,6 @@ def _inbox_worker_ended(task: asyncio.Task[Any]) -> None:
         from mtls_hooks.receiver._pipeline import logger
 
         logger.error("the inbox worker stopped on an error", exc_info=task.exception())
-
-
-# The in-app inbox worker of each running app, by its task (weakly: a finished app frees it).
-_INBOX_WORKERS: weakref.WeakKeyDictionary[asyncio.Task[Any], InboxWorker] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 def _number(value: Any, key: str) -> float:
