@@ -18,14 +18,14 @@ __all__ = ["main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every subcommand registered."""
-    from mtls_hooks.cli import _deliver, _keygen, _outbox, _process_inbox, _send, _serve
+    from mtls_hooks.cli import _deliver, _inbox, _keygen, _outbox, _process_inbox, _send, _serve
 
     parser = argparse.ArgumentParser(
         prog="mtls-hooks",
         description="Webhooks over mutual TLS: serve a receiver, send events, make keys.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for module in (_serve, _send, _keygen, _outbox, _deliver, _process_inbox):
+    for module in (_serve, _send, _keygen, _outbox, _deliver, _inbox, _process_inbox):
         module.add_parser(subparsers)
     return parser
 
