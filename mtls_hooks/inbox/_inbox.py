@@ -13,6 +13,10 @@ cost per commit (and SQLite's fsync, with the default ``synchronous=full``) once
 and the event loop never waits for a disk. The 202 leaves only after the commit: a crash at
 any point after it loses nothing.
 
+With a PostgreSQL inbox, :meth:`Inbox.transactional` gives a handler a connection inside a
+transaction that also marks its event done: the handler's writes and the done mark commit
+together or not at all, so its effects happen exactly once under at-least-once handling.
+
 The methods without ``accept`` are the operator's view, the same verbs as the outbox's:
 status, messages, show, retry (the dead letter) and purge.
 """
@@ -20,14 +24,16 @@ status, messages, show, retry (the dead letter) and purge.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final, Self
+from typing import Any, Final, Self, TypeVar
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.core._events import WebhookEvent
 from mtls_hooks.inbox._envelope import QUEUE, job_for_event
+from mtls_hooks.inbox._worker import current_claim
 from mtls_hooks.queue._protocol import (
     AttemptRecord,
     Job,
@@ -35,6 +41,8 @@ from mtls_hooks.queue._protocol import (
     NewJob,
     QueueStats,
     QueueStore,
+    Settlement,
+    StoreUnavailableError,
     check_seconds,
 )
 from mtls_hooks.queue._url import open_store
@@ -46,6 +54,13 @@ __all__ = ["Inbox"]
 # writer, so its batches queue behind each other; PostgreSQL runs them side by side.
 _MAX_BATCH: Final = 64
 _MAX_FLIGHTS: Final = 4
+# Connections of the asyncio pool that transactional handlers write on.
+_TRANSACTIONAL_CONNECTIONS: Final = 8
+_R = TypeVar("_R")
+
+
+class _LeaseLostError(Exception):
+    pass
 
 
 class Inbox:
@@ -71,6 +86,7 @@ class Inbox:
             self.store = store
             self._owns_store = False
         self._executor: ThreadPoolExecutor | None = None
+        self._async_pool: Any = None  # psycopg_pool.AsyncConnectionPool, opened on first use
         self._batcher: Batcher[NewJob, tuple[str, bool]] = Batcher(
             self._write, max_batch=_MAX_BATCH, max_flights=_MAX_FLIGHTS
         )
@@ -101,6 +117,78 @@ class Inbox:
             )
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.store.enqueue_many, jobs)
+
+    # -- exactly-once effects (PostgreSQL) ----------------------------------------------
+
+    def transactional(
+        self, handler: Callable[[WebhookEvent, Any], Awaitable[_R]]
+    ) -> Callable[[WebhookEvent], Awaitable[_R]]:
+        """Run ``handler`` in a transaction that also marks its inbox event done.
+
+        The wrapped handler takes the event and a :class:`psycopg.AsyncConnection` inside an
+        open transaction on the inbox's database. When it returns, the event's done mark is
+        written in that transaction, fenced by the worker's lease, and both commit together;
+        when it raises, both roll back and the event is retried. A worker killed at any
+        point leaves either both or neither, so the effects happen exactly once::
+
+            @hooks.on("invoice.paid")
+            @inbox.transactional
+            async def paid(event: WebhookEvent, conn: psycopg.AsyncConnection) -> None:
+                await conn.execute("INSERT INTO ledger VALUES (%s)", (event.id,))
+
+        The done mark is written last, so the event's row is locked only while committing
+        (the worker's heartbeat never waits for a slow handler).
+
+        Raises:
+            ConfigurationError: the inbox is not PostgreSQL; or (from the wrapped handler)
+                it was called outside an inbox worker (an endpoint in direct mode).
+            StoreUnavailableError: (from the wrapped handler) the database failed, or the
+                worker's lease on the event was lost (another worker took it over); nothing
+                was committed.
+        """
+        store = self.store
+        settle_on = getattr(store, "asettle_on", None)
+        if settle_on is None:
+            raise ConfigurationError(
+                f"transactional inbox handlers need a PostgreSQL inbox, not {store!r}"
+            )
+
+        @functools.wraps(handler)
+        async def run(event: WebhookEvent) -> _R:
+            import psycopg
+
+            claim = current_claim.get()
+            if claim is None:
+                raise ConfigurationError(
+                    f"{handler.__qualname__} is an inbox handler (Inbox.transactional): it runs "
+                    "only from the inbox, on an endpoint with mode='inbox'"
+                )
+            job_id, owner = claim
+            try:
+                pool = await self._transaction_pool()
+                async with pool.connection() as conn, conn.transaction():
+                    result = await handler(event, conn)
+                    if not await settle_on(conn, owner, Settlement(job_id, "done")):
+                        raise _LeaseLostError
+            except _LeaseLostError:
+                raise StoreUnavailableError(
+                    f"the lease on inbox event {job_id} was lost (another worker took it "
+                    "over); nothing was committed"
+                ) from None
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                raise StoreUnavailableError(
+                    f"inbox {store!r} failed: {str(exc).strip().splitlines()[0]}"
+                ) from exc
+            return result
+
+        return run
+
+    async def _transaction_pool(self) -> Any:
+        if self._async_pool is None:
+            pool = self.store.async_pool(max_size=_TRANSACTIONAL_CONNECTIONS)  # type: ignore[attr-defined]
+            await pool.open()
+            self._async_pool = pool
+        return self._async_pool
 
     # -- the operator's view --------------------------------------------------------------
 
@@ -154,6 +242,9 @@ class Inbox:
     async def aclose(self) -> None:
         """Wait for the writes on their way, then close what this inbox opened."""
         await self._batcher.aclose()
+        pool, self._async_pool = self._async_pool, None
+        if pool is not None:
+            await pool.close()
         executor, self._executor = self._executor, None
         if executor is not None:
             await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)

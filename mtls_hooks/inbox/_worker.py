@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +46,15 @@ from mtls_hooks.queue._protocol import (
 )
 from mtls_hooks.queue._runner import QueueWorker, RunnerCounts
 
-__all__ = ["InboxCounts", "InboxWorker"]
+__all__ = ["InboxCounts", "InboxWorker", "current_claim"]
 
 _LOG = logging.getLogger("mtls_hooks.inbox")
+
+#: ``(job id, lease owner)`` of the inbox event whose handler is running in this context, for
+#: :meth:`~mtls_hooks.inbox.Inbox.transactional`; ``None`` outside an inbox worker.
+current_claim: ContextVar[tuple[str, str] | None] = ContextVar(
+    "mtls_hooks_inbox_claim", default=None
+)
 
 
 @dataclass
@@ -152,12 +159,15 @@ class InboxWorker(QueueWorker[InboxCounts]):
                                    "no handler for this event type", self.worker_id)  # fmt: skip
             return Settlement(job.id, "done", attempt=record)
         began = time.perf_counter()
+        claim = current_claim.set((job.id, self.worker_id))
         try:
             async with self._context():
                 await handler(event)
         except Exception as exc:
             latency_s = time.perf_counter() - began
             return self._failed(job, exc, started=started, latency_s=latency_s)
+        finally:
+            current_claim.reset(claim)
         latency_s = time.perf_counter() - began
         self.counts.handled += 1
         self._record(job.target, "handled", latency_s)

@@ -33,11 +33,13 @@ from mtls_hooks.queue._sql import (
     EXISTING_SQL,
     INSERT_SQL,
     JOB_INDEXES,
+    SETTLE_SQL,
     SETTLED_STATE,
     Cursor,
     SqlQueueStore,
     insert_params,
     pyformat,
+    settle_params,
 )
 
 __all__ = ["PostgresQueueStore"]
@@ -185,6 +187,7 @@ class PostgresQueueStore(SqlQueueStore):
         self._insert_sql = pyformat(
             INSERT_SQL + f" RETURNING id, pg_notify('{self.channel}', queue)"
         )
+        self._settle_sql = pyformat(SETTLE_SQL)
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] = (
             psycopg_pool.ConnectionPool(
                 url,
@@ -272,6 +275,29 @@ class PostgresQueueStore(SqlQueueStore):
         if existing is None:  # pragma: no cover - the conflicting row vanished (purged)
             raise StoreUnavailableError(f"job {params['id']!r} conflicts with a purged job")
         return str(existing[0]), False
+
+    async def asettle_on(
+        self, conn: psycopg.AsyncConnection[Any], owner: str, settlement: Settlement
+    ) -> bool:
+        """Apply ``settlement`` on a caller's asyncio psycopg connection, in its transaction:
+        the job's new state commits or rolls back with the caller's writes.
+
+        Fenced like :meth:`settle`: True only while ``owner`` still holds the job's lease.
+        No attempt is recorded here (the worker records it when it settles).
+        """
+        params = settle_params(settlement, owner, self._clock())
+        async with conn.cursor() as cursor:
+            await cursor.execute(self._settle_sql, params)
+            return cursor.rowcount == 1
+
+    def async_pool(self, *, max_size: int) -> psycopg_pool.AsyncConnectionPool[Any]:
+        """A new, unopened asyncio pool to this store's database, with its settings but
+        transactions on (``autocommit`` off): for handlers writing beside a settlement."""
+        kwargs = {**self._connect_kwargs, "autocommit": False}
+        return psycopg_pool.AsyncConnectionPool(
+            self.url, min_size=1, max_size=max_size, kwargs=kwargs, open=False,
+            name="mtls-hooks-queue-async",
+        )  # fmt: skip
 
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
         """See :meth:`QueueStore.subscribe`: also wakes on ``NOTIFY`` from any process."""

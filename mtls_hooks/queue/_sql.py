@@ -46,11 +46,13 @@ __all__ = [
     "INSERT_SQL",
     "JOB_INDEXES",
     "SETTLED_STATE",
+    "SETTLE_SQL",
     "Cursor",
     "SqlQueueStore",
     "insert_params",
     "new_job_id",
     "pyformat",
+    "settle_params",
 ]
 
 # The jobs table's indexes, the same DDL in SQLite and PostgreSQL (both take partial indexes).
@@ -109,6 +111,7 @@ UPDATE mtls_hooks_jobs SET state = :state, run_at = COALESCE(:run_at, run_at),
     last_error = CASE WHEN :state = 'done' THEN NULL ELSE COALESCE(:error, last_error) END,
     lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
 WHERE id = :id AND state = 'running' AND lease_owner = :owner"""
+SETTLE_SQL: Final = _SETTLE
 _RECORD: Final = """
 INSERT INTO mtls_hooks_attempts
     (job_id, number, started_at, latency_s, outcome, status_code, error, detail, worker)
@@ -389,18 +392,7 @@ class SqlQueueStore:
     def _settle_on(
         self, cursor: Cursor, owner: str, settlements: Sequence[Settlement], now: float
     ) -> tuple[int, bool]:
-        updates = [
-            {
-                "id": s.job_id,
-                "owner": owner,
-                "state": SETTLED_STATE[s.kind],
-                "run_at": s.run_at,
-                "counted": 0 if s.kind == "release" else 1,
-                "error": s.error,
-                "now": now,
-            }
-            for s in settlements
-        ]
+        updates = [settle_params(s, owner, now) for s in settlements]
         records = [_record_params(s.attempt) for s in settlements if s.attempt is not None]
         wake = any(s.kind == "release" and (s.run_at or 0) <= now for s in settlements)
         cursor.executemany(self._sql(_SETTLE), updates)
@@ -582,6 +574,19 @@ class SqlQueueStore:
                 self._listeners.remove(wake)
 
         return unsubscribe
+
+
+def settle_params(settlement: Settlement, owner: str, now: float) -> dict[str, Any]:
+    """The parameters of :data:`SETTLE_SQL` for one settlement by ``owner`` at ``now``."""
+    return {
+        "id": settlement.job_id,
+        "owner": owner,
+        "state": SETTLED_STATE[settlement.kind],
+        "run_at": settlement.run_at,
+        "counted": 0 if settlement.kind == "release" else 1,
+        "error": settlement.error,
+        "now": now,
+    }
 
 
 def _record_params(attempt: AttemptRecord) -> dict[str, Any]:
