@@ -1,0 +1,192 @@
+"""Inbox crash safety with real processes (issue 11): 200 events accepted with 202 while the
+handler worker is ``kill -9``-ed twice; all 200 handled, once each.
+
+``mtls-hooks serve`` (real mTLS, ``MTLS_HOOKS_INBOX_CONCURRENCY=0``: it runs no handlers)
+receives the events from our sender, one at a time in a fixed order, while
+``mtls-hooks process-inbox`` workers run the handlers, generation after generation.
+
+Why "once" is certain here, not lucky: a few events carry ``{"hold": G}``, and their handler
+blocks forever in worker generation G only. With ``--concurrency`` equal to their number
+they take every slot, so once all of them started no other handler can start. The test
+then waits until every other handler that started has completed *and* the store counts as
+many jobs ``done`` as there are completion records, and only then kills: at that moment
+the only handlers in flight are the held ones, which never completed, and every completed
+one is settled. Posting pauses before the next generation's held events until the worker
+is saturated, so a worker never sees the next generation's held events (it claims at most
+one batch ahead, and those claims wait for a slot that never frees).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mtls_hooks import DeliveryResult, Inbox, WebhookSender
+from mtls_hooks.queue import AttemptRecord
+from tests.inbox.inbox_app import Record, read_records
+from tests.inbox.processes import RealPki, serve, start_worker, wait_until
+from tests.queue.conftest import pg_schema
+
+EVENTS = 200
+HELD = 4
+# Each killed generation's held events, by their place in the posting order...
+HOLDS = {1: range(20, 20 + HELD), 2: range(100, 100 + HELD)}
+# ...and where posting waits until that generation's worker is saturated.
+PAUSES = {60: 1, 140: 2}
+GATE_S = 60.0
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def inbox_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'inbox.sqlite3'}"
+    else:
+        with pg_schema() as url:
+            yield url
+
+
+class Poster(threading.Thread):
+    """Posts every event in order, one at a time, pausing at each gate until it opens."""
+
+    def __init__(self, sender: WebhookSender, url: str, ids: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.sender, self.url, self.ids = sender, url, ids
+        self.saturated = {generation: threading.Event() for generation in HOLDS}
+        self.results: list[DeliveryResult] = []
+        self.error: BaseException | None = None
+        self._aborted = False
+
+    def run(self) -> None:
+        held_in = {n: generation for generation, spots in HOLDS.items() for n in spots}
+        try:
+            for n, webhook_id in enumerate(self.ids):
+                if n in PAUSES:
+                    if not self.saturated[PAUSES[n]].wait(GATE_S):
+                        raise TimeoutError(f"gate {n} stayed closed for {GATE_S} s")
+                    if self._aborted:
+                        return
+                data = {"n": n, "hold": held_in[n]} if n in held_in else {"n": n}
+                self.results.append(self.sender.send(
+                    self.url, data, event_type="order.paid", webhook_id=webhook_id
+                ))  # fmt: skip
+        except BaseException as exc:  # a non-202 answer included: the test reports it
+            self.error = exc
+
+    def abort(self) -> None:
+        self._aborted = True
+        for gate in self.saturated.values():
+            gate.set()
+
+
+def saturated_and_settled(inbox: Inbox, records: Path, generation: int, held: set[str]) -> bool:
+    """Every held handler of ``generation`` started, every other one that started there has
+    completed, and every completed handler's job is settled ``done`` in the store."""
+    seen = read_records(records)
+    mine = [r for r in seen if r.generation == generation]
+    started = {r.webhook_id for r in mine if r.kind == "started"}
+    completed = {r.webhook_id for r in mine if r.kind == "completed"}
+    if not held <= started or started - held - completed:
+        return False
+    all_completed = sum(r.kind == "completed" for r in seen)
+    return inbox.status().by_state["done"] == all_completed
+
+
+def test_kill_9_twice_mid_handling_loses_nothing_and_handles_nothing_twice(
+    inbox_url: str, real_pki: RealPki, tmp_path: Path
+) -> None:
+    records = tmp_path / "records.log"
+    ids = [f"msg_crash_{n:03d}" for n in range(EVENTS)]
+    held = {generation: {ids[n] for n in spots} for generation, spots in HOLDS.items()}
+    worker_args = ("--concurrency", str(HELD), "--lease-s", "2")
+    killed: dict[int, int] = {}
+    started = time.monotonic()
+    with (
+        serve(real_pki, inbox_url, records, inbox_concurrency=0) as node,
+        Inbox(inbox_url) as inbox,
+        real_pki.sender() as sender,
+    ):
+        poster = Poster(sender, node.url, ids)
+        poster.start()
+        try:
+            for generation in (1, 2):
+                worker = start_worker(
+                    real_pki, inbox_url, records, *worker_args, generation=generation
+                )
+                try:
+                    wait_until(
+                        functools.partial(
+                            saturated_and_settled, inbox, records, generation, held[generation]
+                        ),
+                        f"generation {generation} saturated by its held handlers, rest settled",
+                        timeout_s=60,
+                    )
+                    poster.saturated[generation].set()  # posting goes on while it dies
+                    worker.kill()  # kill -9: held handlers in flight, their jobs running
+                    killed[generation] = worker.proc.pid
+                finally:
+                    worker.close()
+            worker = start_worker(real_pki, inbox_url, records, *worker_args, generation=3)
+            try:
+                wait_until(
+                    lambda: inbox.status().by_state["done"] == EVENTS,
+                    f"{EVENTS} events done",
+                    timeout_s=60,
+                )
+                assert worker.terminate() == 0
+            finally:
+                worker.close()
+            poster.join(GATE_S)
+        finally:
+            poster.abort()
+        assert not poster.is_alive()
+        by_state = dict(inbox.status().by_state)
+        jobs = {job.meta["webhook_id"]: job for job in inbox.messages(limit=2 * EVENTS)}
+        histories = {i: inbox.show(jobs[i].id)[1] for g in held.values() for i in g}
+        server_output = "".join(node.child.output)
+    elapsed_s = time.monotonic() - started
+
+    # The server answered every POST 202 at the first try, while the workers died.
+    assert poster.error is None, repr(poster.error)
+    assert [r.webhook_id for r in poster.results] == ids
+    assert {tuple(a.status_code for a in r.attempts) for r in poster.results} == {(202,)}
+    assert "Traceback" not in server_output
+    # 200 handled, 0 lost, 0 handled twice; the store agrees.
+    seen = read_records(records)
+    completed = [r.webhook_id for r in seen if r.kind == "completed"]
+    assert sorted(completed) == ids
+    assert max(Counter(completed).values()) == 1
+    assert by_state == {"pending": 0, "running": 0, "done": EVENTS, "failed": 0}
+    assert sorted(jobs) == ids
+    assert_held_ran_again(seen, held, killed, histories)
+    assert elapsed_s < 60, elapsed_s
+
+
+def assert_held_ran_again(
+    seen: list[Record],
+    held: dict[int, set[str]],
+    killed: dict[int, int],
+    histories: dict[str, list[AttemptRecord]],
+) -> None:
+    """Each held event was in flight in the worker killed under it, and ran again elsewhere."""
+    for generation, held_ids in held.items():
+        for webhook_id in held_ids:
+            runs = [r for r in seen if r.webhook_id == webhook_id]
+            first, *later = [r for r in runs if r.kind == "started"]
+            assert (first.generation, first.pid) == (generation, killed[generation])
+            assert later, f"{webhook_id} never ran again after the kill"
+            [done] = [r for r in runs if r.kind == "completed"]
+            assert done.generation > generation
+            assert done.pid != killed[generation]
+            # The store's history holds the run that finished; the killed run wrote nothing
+            # there (its worker died first), so the records file is its witness.
+            last = histories[webhook_id][-1]
+            assert last.outcome == "done"
+            assert f":{killed[generation]}:" not in last.worker
