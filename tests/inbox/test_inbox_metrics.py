@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -48,7 +49,7 @@ def test_process_inbox_counts_handled_retried_and_dead_lettered_exactly(
     url = f"sqlite:///{tmp_path / 'inbox.sqlite3'}"
     records = tmp_path / "records.log"
     # Two attempts, retried after at most 0.05 s: the dead letter is reached at once.
-    retry = {"inbox_max_attempts": 2, "inbox_max_wait_s": 0.05}
+    retry: dict[str, Any] = {"inbox_max_attempts": 2, "inbox_max_wait_s": 0.05}
     with (
         serve(real_pki, url, records, inbox_concurrency=0, **retry) as node,
         Inbox(url) as inbox,
