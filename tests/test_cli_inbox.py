@@ -48,6 +48,15 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return status, out, err
 
 
+def assert_one_line_error(answer: tuple[int, str, str], message: str) -> None:
+    """Exit status 1, nothing on stdout, one line on stderr matching ``message``."""
+    status, out, err = answer
+    assert (status, out) == (1, "")
+    assert err.count("\n") == 1
+    assert err.startswith("mtls-hooks: error: ")
+    assert re.search(message, err), err
+
+
 @pytest.fixture(autouse=True)
 def _no_inbox_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     # --store defaults to it, and the receiver reads it beneath app.config.
@@ -336,13 +345,9 @@ def test_errors_are_one_line(
     argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store = f"--store=sqlite:///{tmp_path / 'inbox.sqlite3'}"
-    status, out, err = cli(capsys, *[store if a == "{store}" else a for a in argv])
-    assert status == 1
-    assert out == ""
-    assert err.count("\n") == 1
-    assert err.startswith("mtls-hooks: error: ")
-    assert re.search(message, err)
-    assert "secretpw" not in err
+    answer = cli(capsys, *[store if a == "{store}" else a for a in argv])
+    assert_one_line_error(answer, message)
+    assert "secretpw" not in answer[2]
 
 
 def test_purge_needs_an_age(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -393,19 +398,12 @@ def test_process_inbox_errors_are_one_line(
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)  # process-inbox looks APP up from the working directory
     try:
-        status, out, err = cli(capsys, "process-inbox", f"{module}:app")
+        answer = cli(capsys, "process-inbox", f"{module}:app")
     finally:
         sys.modules.pop(module, None)
-    assert status == 1
-    assert out == ""
-    assert err.count("\n") == 1
-    assert err.startswith("mtls-hooks: error: ")
-    assert re.search(message, err)
+    assert_one_line_error(answer, message)
 
 
 def test_process_inbox_rejects_a_malformed_app_spec(capsys: pytest.CaptureFixture[str]) -> None:
-    status, _, err = cli(capsys, "process-inbox", "no_colon_here")
-    assert status == 1
-    assert err == (
-        "mtls-hooks: error: app 'no_colon_here' must be 'module:attribute', e.g. 'myapp:app'\n"
-    )
+    answer = cli(capsys, "process-inbox", "no_colon_here")
+    assert_one_line_error(answer, r"app 'no_colon_here' must be 'module:attribute'")

@@ -21,19 +21,13 @@ if TYPE_CHECKING:
 
 __all__ = ["INBOX", "add_parser", "run"]
 
-_EPILOG = """\
+_EXAMPLE_ENV = """\
 examples:
   export MTLS_HOOKS_INBOX_URL=sqlite:////var/lib/hooks/inbox.sqlite3
-  mtls-hooks inbox status
-  mtls-hooks inbox status --watch --interval 2
-  mtls-hooks inbox list --failed
-  mtls-hooks inbox show msg_2x8...
-  mtls-hooks inbox retry --all-failed
-  mtls-hooks inbox purge --older-than 7d
-
+"""
+_EXIT_STATUS = """
 Exit status: 0 on success; 1 on a configuration or store error (one line on stderr).
 """
-
 _PURGE_NOTE = """\
 Delete handled and dead-lettered events last updated longer ago than AGE. A purged event's
 webhook-id is forgotten: a sender's late retry of it is stored and handled again. Keep events
@@ -85,7 +79,7 @@ def add_parser(subparsers: Any) -> None:
         run=run,
         help="operate a receiver's inbox: status, dead letter, replay, purge",
         description="Inspect and operate the inbox of a receiver's endpoints in inbox mode.",
-        epilog=_EPILOG,
+        epilog=_EXAMPLE_ENV + INBOX.examples() + _EXIT_STATUS,
     )
 
 

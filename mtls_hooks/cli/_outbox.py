@@ -20,19 +20,6 @@ __all__ = ["OUTBOX", "STORE_ENV", "add_parser", "run", "store_argument"]
 
 STORE_ENV: Final = "MTLS_HOOKS_OUTBOX_STORE"
 
-_EPILOG = """\
-examples:
-  mtls-hooks outbox --store sqlite:///outbox.sqlite3 endpoint add billing \\
-      https://billing.example:8443/hooks --cert client.pem --key client-key.pem \\
-      --ca receiver-ca.pem --pin sha256/AAAA...= --signing-key file:/etc/app/whsec.txt
-  mtls-hooks outbox status
-  mtls-hooks outbox status --watch --interval 2
-  mtls-hooks outbox list --failed
-  mtls-hooks outbox show msg_2x8...
-  mtls-hooks outbox retry --all-failed
-  mtls-hooks outbox purge --older-than 7d
-"""
-
 
 def _open_outbox(url: str) -> Outbox:
     from mtls_hooks.outbox._outbox import Outbox
@@ -51,6 +38,14 @@ OUTBOX: Final = QueueCommand(
 )
 
 
+_EXAMPLE_ENDPOINT = """\
+examples:
+  mtls-hooks outbox --store sqlite:///outbox.sqlite3 endpoint add billing \\
+      https://billing.example:8443/hooks --cert client.pem --key client-key.pem \\
+      --ca receiver-ca.pem --pin sha256/AAAA...= --signing-key file:/etc/app/whsec.txt
+"""
+
+
 def store_argument(parser: argparse.ArgumentParser) -> None:
     """Add ``--store URL``, defaulting to ``$MTLS_HOOKS_OUTBOX_STORE``."""
     OUTBOX.store_argument(parser)
@@ -63,7 +58,7 @@ def add_parser(subparsers: Any) -> None:
         run=run,
         help="operate the outbox: status, dead letter, replay, purge, endpoints",
         description="Inspect and operate the durable outbox.",
-        epilog=_EPILOG,
+        epilog=_EXAMPLE_ENDPOINT + OUTBOX.examples(),
     )
     endpoint = verbs.add_parser("endpoint", help="manage endpoint records")
     actions = endpoint.add_subparsers(dest="action", required=True)

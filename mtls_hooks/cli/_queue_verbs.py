@@ -174,6 +174,12 @@ class QueueCommand(Generic[ViewT]):
         parser.set_defaults(run=run)
         return verbs
 
+    def examples(self) -> str:
+        """The five verbs' lines of the command's ``examples:`` epilog."""
+        verbs = ["status", "status --watch --interval 2", "list --failed", "show msg_2x8...",
+                 "retry --all-failed", "purge --older-than 7d"]  # fmt: skip
+        return "".join(f"  mtls-hooks {self.name} {verb}\n" for verb in verbs)
+
     # -- running ---------------------------------------------------------------------------
 
     def run(
