@@ -12,6 +12,8 @@ Configured by the environment: the receiver's own ``MTLS_HOOKS_*`` settings (``I
 
 The event's ``data`` steers the handler: ``{"hold": G}`` records ``started`` and then waits
 forever in generation G only (a handler in flight when the test kills its worker);
+``{"linger": G}`` records ``completed`` and then waits forever in generation G (its side
+effect done, its settlement never written: the window a kill can hit);
 ``{"fail": N}`` raises on its first N runs (counted from the records), ``{"fail": -1}``
 on every run.
 """
@@ -87,6 +89,8 @@ def build_app() -> Quart:
                 append_record(records, "failed", *mark)
                 raise RuntimeError(f"downstream unavailable ({failed + 1} failure(s))")
         append_record(records, "completed", *mark)
+        if data.get("linger") == generation:
+            await asyncio.Event().wait()
 
     return app
 

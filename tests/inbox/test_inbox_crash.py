@@ -151,6 +151,7 @@ def test_kill_9_twice_mid_handling_loses_nothing_and_handles_nothing_twice(
         jobs = {job.meta["webhook_id"]: job for job in inbox.messages(limit=2 * EVENTS)}
         histories = {i: inbox.show(jobs[i].id)[1] for g in held.values() for i in g}
         server_output = "".join(node.child.output)
+        server_pid = node.child.proc.pid
     elapsed_s = time.monotonic() - started
 
     # The server answered every POST 202 at the first try, while the workers died.
@@ -162,6 +163,7 @@ def test_kill_9_twice_mid_handling_loses_nothing_and_handles_nothing_twice(
     seen = read_records(records)
     completed = [r.webhook_id for r in seen if r.kind == "completed"]
     assert sorted(completed) == ids
+    assert server_pid not in {r.pid for r in seen}  # INBOX_CONCURRENCY=0: no handler there
     assert max(Counter(completed).values()) == 1
     assert by_state == {"pending": 0, "running": 0, "done": EVENTS, "failed": 0}
     assert sorted(jobs) == ids
@@ -190,3 +192,37 @@ def assert_held_ran_again(
             last = histories[webhook_id][-1]
             assert last.outcome == "done"
             assert f":{killed[generation]}:" not in last.worker
+
+
+def test_the_records_would_show_a_kill_between_a_handlers_end_and_its_settlement(
+    real_pki: RealPki, tmp_path: Path
+) -> None:
+    """The failing twin: an event whose handler completed but whose settlement was never
+    written (killed in that window) runs again, and the records show it twice. This is the
+    at-least-once the worker documents, and the duplicate the main test would notice."""
+    url = f"sqlite:///{tmp_path / 'inbox.sqlite3'}"
+    records = tmp_path / "records.log"
+    with (
+        serve(real_pki, url, records, inbox_concurrency=0) as node,
+        Inbox(url) as inbox,
+        real_pki.sender() as sender,
+    ):
+        lingering = sender.send(node.url, {"linger": 1}, event_type="order.paid").webhook_id
+        worker = start_worker(real_pki, url, records, "--lease-s", "2", generation=1)
+        try:
+            wait_until(lambda: lingering in completed_ids(records), "the handler's end")
+            assert inbox.status().by_state["done"] == 0  # its settlement is never written
+            worker.kill()
+        finally:
+            worker.close()
+        worker = start_worker(real_pki, url, records, "--lease-s", "2", generation=2)
+        try:
+            wait_until(lambda: inbox.status().by_state["done"] == 1, "the event done")
+            assert worker.terminate() == 0
+        finally:
+            worker.close()
+    assert Counter(completed_ids(records)) == {lingering: 2}
+
+
+def completed_ids(records: Path) -> list[str]:
+    return [r.webhook_id for r in read_records(records) if r.kind == "completed"]
