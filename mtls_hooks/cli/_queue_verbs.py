@@ -38,21 +38,31 @@ class QueueView(Protocol):
     """The operator's methods that :class:`~mtls_hooks.outbox.Outbox` and
     :class:`~mtls_hooks.inbox.Inbox` share."""
 
-    def status(self) -> QueueStats: ...
+    def status(self) -> QueueStats:
+        """Counts by state and endpoint, and the age of the oldest due job."""
+        ...
 
     def messages(
         self, *, state: JobState | None = None, endpoint: str | None = None, limit: int = 100
-    ) -> list[Job]: ...
+    ) -> list[Job]:
+        """Jobs, oldest first (``state=JobState.FAILED``: the dead letter)."""
+        ...
 
-    def show(self, job_id: str, /) -> tuple[Job, list[AttemptRecord]]: ...
+    def show(self, job_id: str, /) -> tuple[Job, list[AttemptRecord]]:
+        """One job and its attempts; raises ``ConfigurationError`` for an unknown id."""
+        ...
 
-    def retry(
-        self, job_ids: Sequence[str], /, *, endpoint: str | None, all_failed: bool
-    ) -> int: ...
+    def retry(self, job_ids: Sequence[str], /, *, endpoint: str | None, all_failed: bool) -> int:
+        """Requeue dead-lettered jobs (ids, an endpoint's, or all); returns how many."""
+        ...
 
-    def purge(self, *, older_than_s: float) -> int: ...
+    def purge(self, *, older_than_s: float) -> int:
+        """Delete finished jobs last updated that long ago; returns how many."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the store if the facade opened it."""
+        ...
 
 
 ViewT = TypeVar("ViewT", bound=QueueView)
