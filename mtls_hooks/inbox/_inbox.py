@@ -45,7 +45,7 @@ from mtls_hooks.queue._protocol import (
     StoreUnavailableError,
     check_seconds,
 )
-from mtls_hooks.queue._url import open_store
+from mtls_hooks.queue._view import QueueView
 from mtls_hooks.stores._batch import Batcher
 
 __all__ = ["Inbox"]
@@ -63,7 +63,7 @@ class _LeaseLostError(Exception):
     pass
 
 
-class Inbox:
+class Inbox(QueueView):
     """Where verified webhooks wait for their handler; see the module docstring.
 
     Example::
@@ -79,25 +79,20 @@ class Inbox:
             ConfigurationError: a malformed URL.
             StoreUnavailableError: the database cannot be opened or reached.
         """
-        if isinstance(store, str):
-            self.store: QueueStore = open_store(store, clock=clock)
-            self._owns_store = True
-        else:
-            self.store = store
-            self._owns_store = False
+        super().__init__(store, clock=clock)
         self._executor: ThreadPoolExecutor | None = None
         self._async_pool: Any = None  # psycopg_pool.AsyncConnectionPool, opened on first use
         self._batcher: Batcher[NewJob, tuple[str, bool]] = Batcher(
             self._write, max_batch=_MAX_BATCH, max_flights=_MAX_FLIGHTS
         )
 
+    queue = QUEUE
+    noun = "event"
+
     @property
     def url(self) -> str:
         """The store's URL (its password, if any, is never shown by ``repr``)."""
         return self.store.url
-
-    def __repr__(self) -> str:
-        return f"Inbox({self.store!r})"
 
     # -- accepting ----------------------------------------------------------------------
 
@@ -208,10 +203,7 @@ class Inbox:
         Raises:
             ConfigurationError: no inbox event has that id.
         """
-        job = self.store.get(job_id)
-        if job is None or job.queue != QUEUE:
-            raise ConfigurationError(f"no inbox event {job_id!r}")
-        return job, self.store.history(job_id)
+        return self._show(job_id)
 
     def retry(
         self, job_ids: Sequence[str] = (), *, endpoint: str | None = None, all_failed: bool = False
@@ -221,10 +213,7 @@ class Inbox:
         Raises:
             ConfigurationError: not exactly one of ids, ``endpoint`` and ``all_failed``.
         """
-        chosen = sum(bool(x) for x in (list(job_ids), endpoint is not None, all_failed))
-        if chosen != 1:
-            raise ConfigurationError("retry needs event ids, an endpoint, or all_failed")
-        return self.store.requeue(QUEUE, job_ids=list(job_ids), target=endpoint)
+        return self._retry(job_ids, endpoint, all_failed)
 
     def purge(self, *, older_than_s: float) -> int:
         """Delete handled and dead-lettered events last updated that long ago.
@@ -248,16 +237,14 @@ class Inbox:
         executor, self._executor = self._executor, None
         if executor is not None:
             await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
-        if self._owns_store:
-            await asyncio.get_running_loop().run_in_executor(None, self.store.close)
+        await asyncio.get_running_loop().run_in_executor(None, self._close_store)
 
     def close(self) -> None:
         """Close what this inbox opened (blocking code: the CLI)."""
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown()
-        if self._owns_store:
-            self.store.close()
+        self._close_store()
 
     def __enter__(self) -> Self:
         return self

@@ -29,22 +29,15 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.core._events import HandlerTable, find_handler
 from mtls_hooks.inbox._envelope import QUEUE, event_from_job
 from mtls_hooks.inbox._retry import InboxRetry
 from mtls_hooks.metrics._registry import current_metrics
-from mtls_hooks.queue._protocol import (
-    DEFAULT_BATCH,
-    DEFAULT_LEASE_S,
-    AttemptRecord,
-    Job,
-    QueueStore,
-    Settlement,
-)
-from mtls_hooks.queue._runner import QueueWorker, RunnerCounts
+from mtls_hooks.queue._protocol import AttemptRecord, Job, QueueStore, Settlement
+from mtls_hooks.queue._runner import QueueWorker, RunnerCounts, RunnerOptions
 
 __all__ = ["InboxCounts", "InboxWorker", "current_claim"]
 
@@ -91,14 +84,7 @@ class InboxWorker(QueueWorker[InboxCounts]):
         *,
         retry: InboxRetry | None = None,
         context: Callable[[], AbstractAsyncContextManager[Any]] = _no_context,
-        concurrency: int = 8,
-        batch: int = DEFAULT_BATCH,
-        lease_s: float = DEFAULT_LEASE_S,
-        poll_interval_s: float = 1.0,
-        shutdown_grace_s: float = 10.0,
-        worker_id: str | None = None,
-        metrics_interval_s: float = 5.0,
-        clock: Callable[[], float] = time.time,
+        **options: Unpack[RunnerOptions],
     ) -> None:
         """Configure a worker; nothing runs until :meth:`run`.
 
@@ -108,32 +94,16 @@ class InboxWorker(QueueWorker[InboxCounts]):
                 (read live: handlers registered later are found).
             retry: when a handler that raised runs again; :class:`InboxRetry` by default.
             context: entered around each handler run (the Quart app's ``app_context``).
-            concurrency: handlers running at once at most.
-            batch: events claimed per query at most.
-            lease_s: how long a claim lasts without a heartbeat; a crashed worker's events
-                run again after it.
-            poll_interval_s: the longest wait between claims when nothing wakes the worker.
-            shutdown_grace_s: how long :meth:`stop` lets running handlers finish.
-            worker_id: the lease owner's name; host, PID and a random suffix by default.
-            metrics_interval_s: while metrics are on, how often the depth gauges refresh.
-            clock: epoch seconds, for schedules; injected by tests.
+            options: the worker loop's settings (:class:`~mtls_hooks.queue._runner.
+                RunnerOptions`: ``concurrency``, 8 handlers at once by default, ``lease_s``,
+                ``poll_interval_s``, ``shutdown_grace_s``, ``clock``...).
 
         Raises:
             ConfigurationError: a bad number or store URL.
             StoreUnavailableError: the database cannot be reached.
         """
-        super().__init__(
-            store,
-            counts=InboxCounts(),
-            concurrency=concurrency,
-            batch=batch,
-            lease_s=lease_s,
-            poll_interval_s=poll_interval_s,
-            shutdown_grace_s=shutdown_grace_s,
-            worker_id=worker_id,
-            metrics_interval_s=metrics_interval_s,
-            clock=clock,
-        )
+        options.setdefault("concurrency", 8)
+        super().__init__(store, counts=InboxCounts(), **options)
         self._handlers = handlers
         self.retry = InboxRetry() if retry is None else retry
         self._context = context

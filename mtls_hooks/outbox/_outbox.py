@@ -30,7 +30,7 @@ from mtls_hooks.queue._protocol import (
     QueueStats,
     QueueStore,
 )
-from mtls_hooks.queue._url import open_store
+from mtls_hooks.queue._view import QueueView
 
 __all__ = ["QUEUE", "AsyncOutbox", "EndpointStatus", "Outbox", "UnknownEndpointError"]
 
@@ -75,19 +75,13 @@ def encode_payload(payload: object, event_type: str | None, now: float) -> bytes
         raise ConfigurationError(f"payload is not JSON-serialisable: {exc}") from exc
 
 
-class _OutboxBase:
-    def __init__(self, store: QueueStore | str, *, clock: Callable[[], float] = time.time) -> None:
-        if isinstance(store, str):
-            self.store: QueueStore = open_store(store, clock=clock)
-            self._owns_store = True
-        else:
-            self.store = store
-            self._owns_store = False
-        self._clock = clock
-        self._known: dict[str, tuple[Endpoint, float]] = {}
+class _OutboxBase(QueueView):
+    queue = QUEUE
+    noun = "message"
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.store!r})"
+    def __init__(self, store: QueueStore | str, *, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(store, clock=clock)
+        self._known: dict[str, tuple[Endpoint, float]] = {}
 
     # -- the work without I/O, and the one place that calls the store ------------------
 
@@ -171,19 +165,8 @@ class _OutboxBase:
         if not self.store.set_enabled(name, enabled, reason=reason):
             self._status(name)  # raises UnknownEndpointError with a suggestion
 
-    def _show(self, message_id: str) -> tuple[Job, list[AttemptRecord]]:
-        job = self.store.get(message_id)
-        if job is None or job.queue != QUEUE:
-            raise ConfigurationError(f"no outbox message {message_id!r}")
-        return job, self.store.history(message_id)
-
-    def _retry(self, message_ids: Sequence[str], endpoint: str | None, all_failed: bool) -> int:
-        chosen = sum(bool(x) for x in (list(message_ids), endpoint is not None, all_failed))
-        if chosen != 1:
-            raise ConfigurationError("retry needs message ids, an endpoint, or all_failed")
-        if endpoint is not None:
-            self._status(endpoint)
-        return self.store.requeue(QUEUE, job_ids=list(message_ids), target=endpoint)
+    def _check_target(self, name: str) -> None:
+        self._status(name)  # raises UnknownEndpointError with a suggestion
 
 
 class Outbox(_OutboxBase):
@@ -305,8 +288,7 @@ class Outbox(_OutboxBase):
 
     def close(self) -> None:
         """Close the store if this outbox opened it from a URL."""
-        if self._owns_store:
-            self.store.close()
+        self._close_store()
 
     def __enter__(self) -> Self:
         return self
@@ -408,8 +390,7 @@ class AsyncOutbox(_OutboxBase):
 
     async def aclose(self) -> None:
         """Close the store if this outbox opened it from a URL."""
-        if self._owns_store:
-            await asyncio.to_thread(self.store.close)
+        await asyncio.to_thread(self._close_store)
 
     async def __aenter__(self) -> Self:
         return self

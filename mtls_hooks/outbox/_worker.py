@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.metrics._expiry import DAY_S
@@ -36,8 +36,6 @@ from mtls_hooks.outbox._outbox import QUEUE
 from mtls_hooks.outbox._schedule import decide
 from mtls_hooks.outbox._senders import SenderPool
 from mtls_hooks.queue._protocol import (
-    DEFAULT_BATCH,
-    DEFAULT_LEASE_S,
     AttemptRecord,
     Job,
     QueueStore,
@@ -45,7 +43,7 @@ from mtls_hooks.queue._protocol import (
     Target,
     check_seconds,
 )
-from mtls_hooks.queue._runner import QueueWorker, RunnerCounts
+from mtls_hooks.queue._runner import QueueWorker, RunnerCounts, RunnerOptions
 from mtls_hooks.sender._async import AsyncWebhookSender
 from mtls_hooks.sender._retry import AttemptFailed, RetryPolicy
 
@@ -82,63 +80,42 @@ class DeliveryWorker(QueueWorker[WorkerCounts]):
         self,
         store: QueueStore | str,
         *,
-        concurrency: int = 16,
-        batch: int = DEFAULT_BATCH,
-        lease_s: float = DEFAULT_LEASE_S,
-        poll_interval_s: float = 1.0,
-        shutdown_grace_s: float = 10.0,
-        worker_id: str | None = None,
         on_disable: Callable[[str, str], Any] | None = None,
         file_check_s: float = 2.0,
-        metrics_interval_s: float = 5.0,
         expiry_warn_days: float = 30.0,
         expiry_error_days: float = 7.0,
-        clock: Callable[[], float] = time.time,
+        **options: Unpack[RunnerOptions],
     ) -> None:
         """Configure a worker; nothing runs until :meth:`run`.
 
         Args:
             store: a :class:`~mtls_hooks.queue.QueueStore` or a store URL.
-            concurrency: deliveries in flight at most (also each sender's pool size).
-            batch: messages claimed per query at most.
-            lease_s: how long a claim lasts without a heartbeat; a crashed worker's messages
-                are delivered again after it.
-            poll_interval_s: the longest wait between claims when nothing wakes the worker.
-            shutdown_grace_s: how long :meth:`stop` lets deliveries in flight finish.
-            worker_id: the lease owner's name; host, PID and a random suffix by default.
             on_disable: called with ``(endpoint, reason)`` when a circuit breaker trips.
             file_check_s: how often an endpoint's certificate and key files are looked at
                 for a renewal or rotation.
-            metrics_interval_s: while metrics are on (see ``mtls_hooks.outbox._observe``),
-                how often the queue depth gauges are refreshed (one grouped count).
             expiry_warn_days: log a warning when a loaded client certificate expires
                 within this many days (checked when loaded, then daily).
             expiry_error_days: log an error within this many days.
-            clock: epoch seconds, for schedules and the breaker; injected by tests.
+            options: the worker loop's settings (:class:`~mtls_hooks.queue._runner.
+                RunnerOptions`): ``concurrency`` (deliveries in flight, 16 by default, also
+                each sender's pool size), ``batch``, ``lease_s`` (a crashed worker's
+                messages are delivered again after it), ``poll_interval_s``,
+                ``shutdown_grace_s``, ``worker_id``, ``metrics_interval_s`` (the queue
+                depth gauges, see ``mtls_hooks.outbox._observe``) and ``clock`` (schedules
+                and the breaker; injected by tests).
 
         Raises:
             ConfigurationError: a bad number or store URL.
             StoreUnavailableError: the database cannot be reached.
         """
-        super().__init__(
-            store,
-            counts=WorkerCounts(),
-            concurrency=concurrency,
-            batch=batch,
-            lease_s=lease_s,
-            poll_interval_s=poll_interval_s,
-            shutdown_grace_s=shutdown_grace_s,
-            worker_id=worker_id,
-            metrics_interval_s=metrics_interval_s,
-            clock=clock,
-        )
+        super().__init__(store, counts=WorkerCounts(), **options)
         self.certificates = SenderCertificates(
             warn_within_s=check_seconds("expiry_warn_days", expiry_warn_days, zero=True) * DAY_S,
             error_within_s=check_seconds("expiry_error_days", expiry_error_days, zero=True) * DAY_S,
-            clock=clock,
+            clock=self._clock,
         )
         self._senders = SenderPool(
-            max_connections=concurrency,
+            max_connections=self.concurrency,
             check_every_s=check_seconds("file_check_s", file_check_s, zero=True),
             on_build=self.certificates.loaded,
         )

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypedDict, TypeVar
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.metrics._registry import current_metrics
@@ -49,13 +49,38 @@ from mtls_hooks.queue._protocol import (
 )
 from mtls_hooks.queue._url import open_store
 
-__all__ = ["QueueWorker", "RunnerCounts"]
+__all__ = ["QueueWorker", "RunnerCounts", "RunnerOptions"]
 
 _T = TypeVar("_T")
 # How long the settler gathers settlements before writing them in one transaction. A busy
 # worker's claims carry them sooner (FIFO successors included: a finished job with nothing
 # else in flight wakes a claim at once); this bounds the wait of an idle worker.
 _SETTLE_DELAY_S: Final = 0.05
+
+
+class RunnerOptions(TypedDict, total=False):
+    """The worker loop's settings, which every worker takes as keyword arguments.
+
+    Keys:
+        concurrency: jobs in flight at most.
+        batch: jobs claimed per query at most.
+        lease_s: how long a claim lasts without a heartbeat; a crashed worker's jobs run
+            again after it.
+        poll_interval_s: the longest wait between claims when nothing wakes the worker.
+        shutdown_grace_s: how long :meth:`QueueWorker.stop` lets running jobs finish.
+        worker_id: the lease owner's name; host, PID and a random suffix by default.
+        metrics_interval_s: while metrics are on, how often the depth gauges refresh.
+        clock: epoch seconds, for schedules; injected by tests.
+    """
+
+    concurrency: int
+    batch: int
+    lease_s: float
+    poll_interval_s: float
+    shutdown_grace_s: float
+    worker_id: str | None
+    metrics_interval_s: float
+    clock: Callable[[], float]
 
 
 @dataclass
@@ -98,6 +123,8 @@ class QueueWorker(Generic[_C]):
         clock: Callable[[], float] = time.time,
     ) -> None:
         """Check the settings and open the store (from a URL); nothing runs until :meth:`run`.
+
+        The settings are :class:`RunnerOptions`.
 
         Raises:
             ConfigurationError: a bad number or store URL.

@@ -151,8 +151,12 @@ def test_a_lost_lease_commits_nothing(pg_url: str) -> None:
 def test_a_transactional_handler_runs_only_from_the_inbox(pg_url: str) -> None:
     inbox = Inbox(pg_url)
     book = Book(inbox)
+
+    async def direct_call() -> None:  # as a direct-mode endpoint would call it
+        await book.handler(event("msg_4"))
+
     with pytest.raises(ConfigurationError, match="runs only from the inbox"):
-        asyncio.run(book.handler(event("msg_4")))
+        asyncio.run(direct_call())
     inbox.close()
 
 
