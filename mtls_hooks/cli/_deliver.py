@@ -12,13 +12,15 @@ when a client certificate an endpoint presents is close to its end (``--expiry-*
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import signal
 from typing import Any
 
 from mtls_hooks.cli._outbox import store_argument
-from mtls_hooks.core._errors import ConfigurationError
+from mtls_hooks.cli._workers import (
+    add_loop_arguments,
+    loop_options,
+    run_until_signal,
+    setup_logging,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -42,31 +44,8 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     store_argument(parser)
-    parser.add_argument("--concurrency", type=int, default=16, metavar="N", help="in flight")
-    parser.add_argument("--batch", type=int, default=16, metavar="N", help="claimed per query")
-    parser.add_argument(
-        "--lease-s", type=float, default=60.0, metavar="S", help="claim lease (default 60)"
-    )
-    parser.add_argument(
-        "--poll-interval-s", type=float, default=1.0, metavar="S", help="idle poll (default 1)"
-    )
-    parser.add_argument(
-        "--shutdown-grace-s", type=float, default=10.0, metavar="S", help="SIGTERM grace"
-    )
-    parser.add_argument("--log-level", default="INFO", metavar="LEVEL", help="INFO, WARNING, ...")
+    add_loop_arguments(parser, concurrency=16, lease_s=60.0, what="deliveries")
     observe = parser.add_argument_group("metrics and alarms")
-    observe.add_argument(
-        "--metrics-bind",
-        metavar="HOST:PORT",
-        help="serve Prometheus metrics at http://HOST:PORT/metrics (default off; port 0 picks one)",
-    )
-    observe.add_argument(
-        "--metrics-interval-s",
-        type=float,
-        default=5.0,
-        metavar="S",
-        help="queue depth refresh (default 5)",
-    )
     observe.add_argument(
         "--expiry-warn-days",
         type=float,
@@ -94,47 +73,17 @@ def run(args: argparse.Namespace) -> int:
         ConfigurationError: a bad store URL, number or log level.
         StoreUnavailableError: the store cannot be reached at start.
     """
-    from mtls_hooks.metrics._listener import MetricsListener
-    from mtls_hooks.metrics._registry import enable_metrics
     from mtls_hooks.outbox._worker import DeliveryWorker
-    from mtls_hooks.serving._config import parse_bind
 
-    level = logging.getLevelName(args.log_level.upper())
-    if not isinstance(level, int):
-        raise ConfigurationError(f"unknown log level {args.log_level!r}: DEBUG, INFO, WARNING, ...")
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s [%(process)d] %(levelname)s %(name)s %(message)s",
-    )
+    setup_logging(args.log_level)
     worker = DeliveryWorker(
         args.store,
-        concurrency=args.concurrency,
-        batch=args.batch,
-        lease_s=args.lease_s,
-        poll_interval_s=args.poll_interval_s,
-        shutdown_grace_s=args.shutdown_grace_s,
-        metrics_interval_s=args.metrics_interval_s,
         expiry_warn_days=args.expiry_warn_days,
         expiry_error_days=args.expiry_error_days,
+        **loop_options(args),
     )
-    listener = None
-    if args.metrics_bind is not None:
-        host, port = parse_bind(args.metrics_bind)
-        # One process: values in memory, served from a thread of this process.
-        listener = MetricsListener(host, port, enable_metrics().registry).start()
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, worker.stop)
-        print(
-            f"mtls-hooks deliver: worker {worker.worker_id} on {worker.store!r}, "
-            f"concurrency {worker.concurrency}",
-            flush=True,
-        )
-        if listener is not None:
-            print(f"mtls-hooks deliver: metrics at http://{args.metrics_bind.rpartition(':')[0]}:"
-                  f"{listener.port}/metrics", flush=True)  # fmt: skip
         counts = await worker.run()
         print(
             f"mtls-hooks deliver: stopped: {counts.delivered} delivered, {counts.retried} "
@@ -142,9 +91,5 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    try:
-        asyncio.run(main())
-    finally:
-        if listener is not None:
-            listener.stop()
+    run_until_signal("deliver", worker, args.metrics_bind, main)
     return 0

@@ -15,13 +15,16 @@ nothing: its events run again when their leases end.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import os
-import signal
 import sys
 from typing import Any
 
+from mtls_hooks.cli._workers import (
+    add_loop_arguments,
+    loop_options,
+    run_until_signal,
+    setup_logging,
+)
 from mtls_hooks.core._errors import ConfigurationError
 
 __all__ = ["add_parser", "run"]
@@ -45,28 +48,7 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("app", metavar="APP", help="the Quart app, as module:attribute")
-    parser.add_argument(
-        "--concurrency", type=int, metavar="N", help="handlers at once (default: the app's, 8)"
-    )
-    parser.add_argument("--batch", type=int, default=16, metavar="N", help="claimed per query")
-    parser.add_argument(
-        "--lease-s", type=float, metavar="S", help="claim lease (default: the app's, 60)"
-    )
-    parser.add_argument(
-        "--poll-interval-s", type=float, default=1.0, metavar="S", help="idle poll (default 1)"
-    )
-    parser.add_argument(
-        "--shutdown-grace-s", type=float, default=10.0, metavar="S", help="SIGTERM grace"
-    )
-    parser.add_argument("--log-level", default="INFO", metavar="LEVEL", help="INFO, WARNING, ...")
-    parser.add_argument(
-        "--metrics-bind",
-        metavar="HOST:PORT",
-        help="serve Prometheus metrics at http://HOST:PORT/metrics (default off; port 0 picks one)",
-    )
-    parser.add_argument(
-        "--metrics-interval-s", type=float, default=5.0, metavar="S", help="depth refresh"
-    )
+    add_loop_arguments(parser, concurrency=None, lease_s=None, what="handlers")
     parser.set_defaults(run=run)
 
 
@@ -81,18 +63,10 @@ def run(args: argparse.Namespace) -> int:
             or a bad number or log level.
         StoreUnavailableError: the inbox cannot be reached at start.
     """
-    from mtls_hooks.metrics._listener import MetricsListener
-    from mtls_hooks.metrics._registry import enable_metrics
     from mtls_hooks.receiver._receiver import EXTENSION_KEY
-    from mtls_hooks.serving._config import parse_bind
     from mtls_hooks.serving._workers import load_app
 
-    level = logging.getLevelName(args.log_level.upper())
-    if not isinstance(level, int):
-        raise ConfigurationError(f"unknown log level {args.log_level!r}: DEBUG, INFO, WARNING, ...")
-    logging.basicConfig(
-        level=level, format="%(asctime)s [%(process)d] %(levelname)s %(name)s %(message)s"
-    )
+    setup_logging(args.log_level)
     # Like `serve`: APP is looked up from the working directory.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -100,38 +74,12 @@ def run(args: argparse.Namespace) -> int:
     receiver = getattr(app, "extensions", {}).get(EXTENSION_KEY)
     if receiver is None:
         raise ConfigurationError(f"{args.app} has no WebhookReceiver: nothing to process")
-    options: dict[str, Any] = {
-        "batch": args.batch,
-        "poll_interval_s": args.poll_interval_s,
-        "shutdown_grace_s": args.shutdown_grace_s,
-        "metrics_interval_s": args.metrics_interval_s,
-    }
-    if args.concurrency is not None:
-        options["concurrency"] = args.concurrency
-    if args.lease_s is not None:
-        options["lease_s"] = args.lease_s
-    worker = receiver.inbox_worker(app, **options)
-    listener = None
-    if args.metrics_bind is not None:
-        host, port = parse_bind(args.metrics_bind)
-        listener = MetricsListener(host, port, enable_metrics().registry).start()
+    worker = receiver.inbox_worker(app, **loop_options(args))
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, worker.stop)
         # The app's before_serving functions (database pools, clients) run as in `serve`.
         await app.startup()
         try:
-            print(
-                f"mtls-hooks process-inbox: worker {worker.worker_id} on {worker.store!r}, "
-                f"concurrency {worker.concurrency}",
-                flush=True,
-            )
-            if listener is not None:
-                where = args.metrics_bind.rpartition(":")[0]
-                print(f"mtls-hooks process-inbox: metrics at http://{where}:{listener.port}"
-                      "/metrics", flush=True)  # fmt: skip
             counts = await worker.run()
         finally:
             await app.shutdown()
@@ -142,9 +90,5 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    try:
-        asyncio.run(main())
-    finally:
-        if listener is not None:
-            listener.stop()
+    run_until_signal("process-inbox", worker, args.metrics_bind, main)
     return 0
