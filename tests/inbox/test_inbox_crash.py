@@ -19,6 +19,7 @@ one batch ahead, and those claims wait for a slot that never frees).
 from __future__ import annotations
 
 import functools
+import re
 import threading
 import time
 from collections import Counter
@@ -99,14 +100,44 @@ def saturated_and_settled(inbox: Inbox, records: Path, generation: int, held: se
     return inbox.status().by_state["done"] == all_completed
 
 
+def run_generations(
+    pki: RealPki, inbox_url: str, records: Path, *, inbox: Inbox, poster: Poster,
+    held: dict[int, set[str]],
+) -> dict[int, int]:  # fmt: skip
+    """Workers 1 and 2 are killed once saturated and settled, 3 runs to the end; returns
+    the killed PIDs by generation."""
+    worker_args = ("--concurrency", str(HELD), "--lease-s", "2")
+    killed: dict[int, int] = {}
+    for generation in (1, 2):
+        worker = start_worker(pki, inbox_url, records, *worker_args, generation=generation)
+        try:
+            wait_until(
+                functools.partial(
+                    saturated_and_settled, inbox, records, generation, held[generation]
+                ),
+                f"generation {generation} saturated by its held handlers, the rest settled",
+                timeout_s=60,
+            )
+            poster.saturated[generation].set()  # posting goes on while it dies
+            worker.kill()  # kill -9: held handlers in flight, their jobs running
+            killed[generation] = worker.proc.pid
+        finally:
+            worker.close()
+    worker = start_worker(pki, inbox_url, records, *worker_args, generation=3)
+    try:
+        wait_until(lambda: inbox.status().by_state["done"] == EVENTS, f"{EVENTS} events done", 60)
+        assert worker.terminate() == 0
+    finally:
+        worker.close()
+    return killed
+
+
 def test_kill_9_twice_mid_handling_loses_nothing_and_handles_nothing_twice(
     inbox_url: str, real_pki: RealPki, tmp_path: Path
 ) -> None:
     records = tmp_path / "records.log"
     ids = [f"msg_crash_{n:03d}" for n in range(EVENTS)]
     held = {generation: {ids[n] for n in spots} for generation, spots in HOLDS.items()}
-    worker_args = ("--concurrency", str(HELD), "--lease-s", "2")
-    killed: dict[int, int] = {}
     started = time.monotonic()
     with (
         serve(real_pki, inbox_url, records, inbox_concurrency=0) as node,
@@ -116,33 +147,9 @@ def test_kill_9_twice_mid_handling_loses_nothing_and_handles_nothing_twice(
         poster = Poster(sender, node.url, ids)
         poster.start()
         try:
-            for generation in (1, 2):
-                worker = start_worker(
-                    real_pki, inbox_url, records, *worker_args, generation=generation
-                )
-                try:
-                    wait_until(
-                        functools.partial(
-                            saturated_and_settled, inbox, records, generation, held[generation]
-                        ),
-                        f"generation {generation} saturated by its held handlers, rest settled",
-                        timeout_s=60,
-                    )
-                    poster.saturated[generation].set()  # posting goes on while it dies
-                    worker.kill()  # kill -9: held handlers in flight, their jobs running
-                    killed[generation] = worker.proc.pid
-                finally:
-                    worker.close()
-            worker = start_worker(real_pki, inbox_url, records, *worker_args, generation=3)
-            try:
-                wait_until(
-                    lambda: inbox.status().by_state["done"] == EVENTS,
-                    f"{EVENTS} events done",
-                    timeout_s=60,
-                )
-                assert worker.terminate() == 0
-            finally:
-                worker.close()
+            killed = run_generations(
+                real_pki, inbox_url, records, inbox=inbox, poster=poster, held=held
+            )
             poster.join(GATE_S)
         finally:
             poster.abort()
@@ -150,14 +157,16 @@ def test_kill_9_twice_mid_handling_loses_nothing_and_handles_nothing_twice(
         by_state = dict(inbox.status().by_state)
         jobs = {job.meta["webhook_id"]: job for job in inbox.messages(limit=2 * EVENTS)}
         histories = {i: inbox.show(jobs[i].id)[1] for g in held.values() for i in g}
-        server_output = "".join(node.child.output)
         server_pid = node.child.proc.pid
     elapsed_s = time.monotonic() - started
+    server_output = "".join(node.child.output)  # complete: the server has exited
 
     # The server answered every POST 202 at the first try, while the workers died.
     assert poster.error is None, repr(poster.error)
     assert [r.webhook_id for r in poster.results] == ids
     assert {tuple(a.status_code for a in r.attempts) for r in poster.results} == {(202,)}
+    decisions = re.findall(r"mtls_hooks\.receiver webhook (outcome=\S+ status=\d+)", server_output)
+    assert Counter(decisions) == {"outcome=queued status=202": EVENTS}
     assert "Traceback" not in server_output
     # 200 handled, 0 lost, 0 handled twice; the store agrees.
     seen = read_records(records)

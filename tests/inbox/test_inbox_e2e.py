@@ -108,6 +108,7 @@ def test_serve_with_two_workers_handles_each_event_once(real_pki: RealPki, tmp_p
         Inbox(url) as inbox,
         real_pki.sender() as sender,
     ):
+        node.child.wait_for(r"Running on https://127\.0\.0\.1:")  # the second worker too
         messages = [WebhookMessage(node.url, {"n": n}, "order.paid") for n in range(50)]
         results = sender.send_many(messages, concurrency=8)
         ids = sorted(r.webhook_id for r in results)
