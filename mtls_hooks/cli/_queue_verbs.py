@@ -28,13 +28,13 @@ from mtls_hooks.core._errors import ConfigurationError
 if TYPE_CHECKING:
     from mtls_hooks.queue._protocol import AttemptRecord, Job, JobState, QueueStats
 
-__all__ = ["QueueCommand", "QueueView", "parse_duration_s", "status_lines"]
+__all__ = ["QueueCommand", "QueueOperations", "parse_duration_s", "status_lines"]
 
 _DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 _UNIT_S: Final = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-class QueueView(Protocol):
+class QueueOperations(Protocol):
     """The operator's methods that :class:`~mtls_hooks.outbox.Outbox` and
     :class:`~mtls_hooks.inbox.Inbox` share."""
 
@@ -65,7 +65,7 @@ class QueueView(Protocol):
         ...
 
 
-ViewT = TypeVar("ViewT", bound=QueueView)
+ViewT = TypeVar("ViewT", bound=QueueOperations)
 
 
 def parse_duration_s(text: str) -> float:
