@@ -32,6 +32,7 @@ from typing import Any, Final, Self, TypeVar
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.core._events import WebhookEvent
+from mtls_hooks.core._suggest import did_you_mean
 from mtls_hooks.inbox._envelope import QUEUE, job_for_event
 from mtls_hooks.inbox._worker import current_claim
 from mtls_hooks.queue._protocol import (
@@ -185,7 +186,15 @@ class Inbox(QueueView):
             self._async_pool = pool
         return self._async_pool
 
-    # -- the operator's view --------------------------------------------------------------
+    # -- the operator's view ------------------------------------------------------------
+
+    def _check_target(self, name: str) -> None:
+        # The inbox keeps no endpoint records: an endpoint it holds no event of is a typo.
+        known = self.store.stats(QUEUE).by_target
+        if name not in known:
+            raise ConfigurationError(
+                f"the inbox holds no event of endpoint {name!r}{did_you_mean(name, known)}"
+            )
 
     def status(self) -> QueueStats:
         """Counts by state and endpoint, and the age of the oldest due event."""

@@ -213,6 +213,8 @@ async def test_a_failing_handler_is_retried_with_backoff_then_dead_lettered_and_
     assert "gave up after 3 attempt(s)" in (job.last_error or "")
     # The operator replays the dead letter once the dependency is back.
     rig.handled.fail_first[bad_headers["webhook-id"]] = 0
+    with pytest.raises(ConfigurationError, match=r"no event of endpoint 'payment'.*'payments'"):
+        rig.inbox.retry(endpoint="payment")
     assert rig.inbox.retry(all_failed=True) == 1
     counts = await rig.work()
     assert counts.handled == 1
