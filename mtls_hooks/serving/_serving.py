@@ -31,16 +31,17 @@ import socket
 import ssl
 import stat
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
+from wsgiref.handlers import format_date_time
 
 import hypercorn.asyncio.run as hypercorn_run
 import hypercorn.protocol as hypercorn_protocol
-from hypercorn.asyncio.task_group import TaskGroup as HypercornTaskGroup
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
-from hypercorn.events import Closed, RawData
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.utils import wrap_app
 
@@ -56,6 +57,7 @@ from mtls_hooks.serving._refusals import format_addr as _format_addr
 from mtls_hooks.serving._refusals import log_refusal
 from mtls_hooks.serving._refusals import quote as _quote
 from mtls_hooks.serving._reload import TLSMaterial
+from mtls_hooks.serving._timers import IdleConnections, IdleTimer, SilenceWatch
 
 __all__ = ["create_sockets", "log_refusal", "serve_async"]
 
@@ -79,7 +81,9 @@ class _MtlsHypercornConfig(HypercornConfig):
         self.material = material
         self._ready = ready
         self.silence_timeout_s: float | None = None
-        self.idle = _IdleConnections()
+        self.idle = IdleConnections()
+        self._date_at = -1
+        self._date = b""
         # Open connections, so that shutdown can abort the ones that outlive
         # graceful_timeout (see _abort_stragglers).
         self.connections: weakref.WeakKeyDictionary[asyncio.StreamWriter, Any] = (
@@ -99,6 +103,17 @@ class _MtlsHypercornConfig(HypercornConfig):
         ready, self._ready = self._ready, None
         if ready is not None:
             asyncio.get_running_loop().call_soon(ready)
+
+    def response_headers(self, protocol: str) -> list[tuple[bytes, bytes]]:
+        # Hypercorn formats the Date header for every response (wsgiref's format_date_time);
+        # its value changes once a second. The server header is off, and there is no QUIC.
+        if self.include_server_header or self.alt_svc_headers or not self.include_date_header:
+            return super().response_headers(protocol)
+        now = int(time.time())
+        if now != self._date_at:
+            self._date = format_date_time(now).encode("ascii")
+            self._date_at = now
+        return [(b"date", self._date)]
 
     def create_ssl_context(self) -> ssl.SSLContext:
         # worker_serve calls this after lifespan startup and right before start_server on
@@ -133,9 +148,13 @@ class _TLSScopeApp:
             if header_bytes > self._max_header_bytes:
                 await _refuse_headers(scope, send, header_bytes, self._max_header_bytes)
                 return
+            # A fresh dict per request: nothing the app does leaks into another request.
+            # Hypercorn builds the scope and its extensions per request: add to them.
             tls = {**self._tls, "client_cert_chain": list(self._tls["client_cert_chain"])}
-            # A fresh dict per scope: nothing the app does leaks into another request.
-            scope = {**scope, "extensions": {**(scope.get("extensions") or {}), "tls": tls}}
+            extensions = scope.get("extensions")
+            if extensions is None:
+                scope["extensions"] = extensions = {}
+            extensions["tls"] = tls
         try:
             await self._app(scope, receive, send, sync_spawn, call_soon)
         except BaseException as exc:  # costs nothing until something is raised
@@ -185,113 +204,6 @@ async def _refuse_headers(scope: Any, send: Any, size: int, limit: int) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-class _IdleConnections:
-    """The keep-alive timers of one server's idle connections, fired at once when it stops.
-
-    Hypercorn's idle task waits for ``keep_alive_timeout`` *or* the worker's ``terminated``
-    event, so a shutdown closes idle keep-alive connections at once. With timers instead of
-    tasks (:class:`_IdleTimer`), one task per server waits for ``terminated`` and fires the
-    timers of the connections idle then; a connection falling idle later finds the event set.
-    """
-
-    __slots__ = ("timers", "watcher")
-
-    def __init__(self) -> None:
-        self.timers: set[_IdleTimer] = set()
-        self.watcher: asyncio.Task[None] | None = None
-
-    def watch(self, context: Any) -> None:
-        """Start waiting for ``context.terminated`` (once per server)."""
-        if self.watcher is None:
-            self.watcher = asyncio.get_running_loop().create_task(self._fire_at_end(context))
-
-    async def _fire_at_end(self, context: Any) -> None:
-        await context.terminated.wait()
-        for timer in list(self.timers):
-            timer.expire()
-
-    def stop(self) -> None:
-        """Stop waiting (the server is done)."""
-        if self.watcher is not None:
-            self.watcher.cancel()
-
-
-class _IdleTimer:
-    """A connection's keep-alive timer: a loop timer, where hypercorn runs a task.
-
-    Hypercorn 0.18 restarts its timer each time a connection falls idle and stops it each
-    time a request arrives: an ``asyncio.Lock``, a task running ``TCPServer._idle_timeout``
-    (whose ``asyncio.wait_for`` makes a second task and a timer), then a cancellation and an
-    await of both, twice per keep-alive request. Here a request costs one ``call_later`` and
-    one ``cancel``. When the timer fires (or the server stops, see :class:`_IdleConnections`),
-    the connection is closed as hypercorn's ``_idle_timeout`` ends: by
-    ``TCPServer._initiate_server_close()``, in a task of the connection's task group.
-
-    A group that takes no more tasks belongs to a connection being torn down, which needs no
-    closing: the coroutine is closed unawaited and the caller carries on. (Hypercorn's own
-    timer left a never-awaited coroutine there before Python 3.13, python/cpython#115957,
-    pgjones/hypercorn#338: a RuntimeWarning at some later garbage collection, which
-    ``filterwarnings = error`` turned into the failure of an unrelated test.)
-    """
-
-    __slots__ = ("_closed", "_config", "_context", "_group", "_handle", "_loop", "_server")
-
-    def __init__(self, server: Any) -> None:
-        # The server weakly: it holds this timer, and a cycle would keep every connection's
-        # objects (and asyncio's 256 KiB read buffer) until a full garbage collection.
-        self._server = weakref.ref(server)
-        self._config: _MtlsHypercornConfig = server.config
-        self._context = server.context
-        self._loop: asyncio.AbstractEventLoop = server.loop
-        self._handle: asyncio.TimerHandle | None = None
-        self._group: HypercornTaskGroup | None = None
-        self._closed = False
-
-    async def restart(self, task_group: HypercornTaskGroup, action: Any) -> None:
-        """The connection fell idle: close it after ``keep_alive_timeout`` unless a request
-        comes (``action``, hypercorn's ``_idle_timeout``, is not needed: see the class)."""
-        self._cancel()
-        if self._closed:  # the peer is gone: nothing left to time (see close)
-            return
-        self._group = task_group
-        idle = self._config.idle
-        idle.watch(self._context)
-        if self._context.terminated.is_set():
-            self.expire()
-            return
-        self._handle = self._loop.call_later(self._config.keep_alive_timeout, self.expire)
-        idle.timers.add(self)
-
-    async def stop(self) -> None:
-        """A request arrived: the connection is busy."""
-        self._cancel()
-
-    async def close(self) -> None:
-        """Stop the timer for good: the connection reads no more, so it is never idle again."""
-        self._closed = True
-        self._group = None
-        self._cancel()
-
-    def _cancel(self) -> None:
-        handle, self._handle = self._handle, None
-        if handle is not None:
-            handle.cancel()
-            self._config.idle.timers.discard(self)
-
-    def expire(self) -> None:
-        """Close the idle connection now (the timer fired, or the server stops)."""
-        self._cancel()
-        group, self._group = self._group, None
-        server = self._server()
-        if group is None or server is None or self._closed:
-            return
-        closing = server._initiate_server_close()
-        try:
-            group._task_group.create_task(closing)
-        except RuntimeError:  # "TaskGroup ... is shutting down" / "... is finished"
-            closing.close()
 
 
 class _AnsweredStream:
@@ -364,7 +276,33 @@ class _TLSTCPServer(_ORIGINAL_TCP_SERVER):  # type: ignore[misc]
             config.connections[writer] = writer.get_extra_info("socket")
         super().__init__(app, loop, config, context, state, reader, writer)
         if isinstance(config, _MtlsHypercornConfig):
-            self.idle_task = _IdleTimer(self)
+            self.idle_task = IdleTimer(self)
+
+    async def protocol_send(self, event: Event) -> None:
+        # Hypercorn takes an asyncio.Lock and awaits writer.drain() around every write, two
+        # or three per response. An uncontended write whose transport buffered nothing
+        # needs neither: no other write is waiting to go first (the lock is free), and
+        # drain() would neither wait (nothing buffered, so not paused) nor raise (the
+        # transport is open). Anything else goes hypercorn's way. h11 ends a response framed
+        # by Content-Length with no bytes at all: nothing to write.
+        if type(event) is RawData and not self.send_lock.locked():
+            if not event.data:
+                return
+            transport = self.writer.transport
+            try:
+                self.writer.write(event.data)
+            except (ConnectionError, RuntimeError):
+                await self.protocol.handle(Closed())
+                return
+            if not transport.is_closing() and not transport.get_write_buffer_size():
+                return
+            async with self.send_lock:
+                try:
+                    await self.writer.drain()
+                except (ConnectionError, RuntimeError):
+                    await self.protocol.handle(Closed())
+            return
+        await super().protocol_send(event)
 
     async def _read_data(self) -> None:
         await self._read_until_closed()
@@ -375,7 +313,7 @@ class _TLSTCPServer(_ORIGINAL_TCP_SERVER):  # type: ignore[misc]
         # on for keep_alive_timeout after every client that closed first: a load balancer's
         # health checks (handshake, close) held ~300 KiB each, 3,000 of them 800 MB
         # (issue 9; bench/bench_handshake_memory.py). Requests still running end as usual.
-        if isinstance(self.idle_task, _IdleTimer):
+        if isinstance(self.idle_task, IdleTimer):
             await self.idle_task.close()
 
     async def _read_until_closed(self) -> None:
@@ -384,20 +322,23 @@ class _TLSTCPServer(_ORIGINAL_TCP_SERVER):  # type: ignore[misc]
             await super()._read_data()
             return
         # A connection silent for silence_timeout_s is aborted; the read then ends and the
-        # base loop closes the connection as it does at EOF. One timer per read, re-armed
-        # (a TimerHandle, ~1 us), where hypercorn's read_timeout builds a task per read.
-        timeout_s = config.silence_timeout_s
-        transport = self.writer.transport
-        loop = self.loop
-        while not self.reader.at_eof():
-            timer = loop.call_later(timeout_s, transport.abort)
-            try:
-                data = await self.reader.read(_MAX_RECV)
-            except (ConnectionError, OSError, ssl.SSLError):
-                break
-            finally:
-                timer.cancel()
-            await self.protocol.handle(RawData(data))
+        # base loop closes the connection as it does at EOF. One lazily re-armed timer per
+        # connection (_timers.SilenceWatch), where hypercorn's read_timeout builds a task
+        # per read.
+        watch = SilenceWatch(self.loop, config.silence_timeout_s, self.writer.transport.abort)
+        reader = self.reader
+        try:
+            while not reader.at_eof():
+                watch.reading()
+                try:
+                    data = await reader.read(_MAX_RECV)
+                except (ConnectionError, OSError, ssl.SSLError):
+                    break
+                finally:
+                    watch.received()
+                await self.protocol.handle(RawData(data))
+        finally:
+            watch.cancel()
         await self.protocol.handle(Closed())
 
     async def _close(self) -> None:

@@ -1,7 +1,8 @@
-"""The keep-alive timer leaks no coroutine when an HTTP/2 connection dies mid-request.
+"""A connection's timers: keep-alive and read silence (``mtls_hooks.serving._timers``).
 
 Hypercorn 0.18 restarts its idle timer through a task group that may already refuse tasks,
-leaving a never-awaited ``TCPServer._idle_timeout`` coroutine behind (see ``_IdleTimer``).
+leaving a never-awaited ``TCPServer._idle_timeout`` coroutine behind; ours closes it. The
+timers are re-armed lazily: their deadlines must still be those of the last period.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from hypercorn.asyncio.task_group import TaskGroup as HypercornTaskGroup
 from hypercorn.asyncio.worker_context import WorkerContext
 from quart import Quart, request
 
-from mtls_hooks.serving._serving import _IdleConnections, _IdleTimer
+from mtls_hooks.serving._timers import IdleConnections, IdleTimer, SilenceWatch
 from mtls_hooks.testing import running_server
 from tests.serving.conftest import Cast, LogCollector, Pki
 
@@ -91,7 +92,7 @@ class _Server:
 
     def __init__(self, *, terminated: bool = False) -> None:
         self.loop = asyncio.get_running_loop()
-        self.config = types.SimpleNamespace(idle=_IdleConnections(), keep_alive_timeout=0.01)
+        self.config = types.SimpleNamespace(idle=IdleConnections(), keep_alive_timeout=0.01)
         self.context = WorkerContext(None)
         self.terminated = terminated
         self.closes = 0
@@ -113,7 +114,7 @@ async def test_idle_timer_closes_the_coroutine_a_finished_group_refuses() -> Non
     async with group:
         pass
     server = _Server()
-    timer = _IdleTimer(server)
+    timer = IdleTimer(server)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         await timer.restart(group, None)
@@ -129,7 +130,7 @@ async def test_idle_timer_closes_the_coroutine_a_finished_group_refuses() -> Non
 async def test_idle_timer_closes_an_idle_connection_once_the_timeout_passes() -> None:
     server = _Server()
     async with HypercornTaskGroup(asyncio.get_running_loop()) as group:
-        timer = _IdleTimer(server)
+        timer = IdleTimer(server)
         await timer.restart(group, None)
         assert server.config.idle.timers == {timer}
         await asyncio.wait_for(server.closed.wait(), 5)  # a connection's group stays open
@@ -142,7 +143,7 @@ async def test_idle_timer_closes_an_idle_connection_once_the_timeout_passes() ->
 async def test_idle_timer_stopped_by_a_request_closes_nothing() -> None:
     server = _Server()
     async with HypercornTaskGroup(asyncio.get_running_loop()) as group:
-        timer = _IdleTimer(server)
+        timer = IdleTimer(server)
         await timer.restart(group, None)
         await timer.stop()
         assert server.config.idle.timers == set()
@@ -156,14 +157,14 @@ async def test_idle_connections_close_at_once_when_the_server_stops() -> None:
     server = _Server()
     server.config.keep_alive_timeout = 3600.0
     async with HypercornTaskGroup(asyncio.get_running_loop()) as group:
-        timer = _IdleTimer(server)
+        timer = IdleTimer(server)
         await timer.restart(group, None)
         await server.context.terminated.set()
         await asyncio.wait_for(server.closed.wait(), 5)
     assert server.closes == 1
     # Falling idle after the stop closes at once, too (in a task of the group, awaited by it).
     async with HypercornTaskGroup(asyncio.get_running_loop()) as group:
-        await _IdleTimer(server).restart(group, None)
+        await IdleTimer(server).restart(group, None)
     assert server.closes == 2
     server.config.idle.stop()
 
@@ -172,8 +173,54 @@ async def test_idle_connections_close_at_once_when_the_server_stops() -> None:
 async def test_idle_timer_of_a_closed_connection_never_fires() -> None:
     server = await _Server(terminated=True).start()
     async with HypercornTaskGroup(asyncio.get_running_loop()) as group:
-        timer = _IdleTimer(server)
+        timer = IdleTimer(server)
         await timer.close()
         await timer.restart(group, None)
     assert server.closes == 0
     server.config.idle.stop()
+
+
+@pytest.mark.asyncio
+async def test_idle_timer_counts_from_the_start_of_the_last_idle_period() -> None:
+    server = _Server()
+    server.config.keep_alive_timeout = 0.2
+    loop = server.loop
+    async with HypercornTaskGroup(loop) as group:
+        timer = IdleTimer(server)
+        await timer.restart(group, None)  # armed for the first period's end
+        await asyncio.sleep(0.1)  # time passes (not a synchronisation)
+        await timer.stop()  # a request
+        await timer.restart(group, None)  # idle again: the deadline moves
+        second_idle = loop.time()
+        await asyncio.wait_for(server.closed.wait(), 5)
+        assert loop.time() >= second_idle + 0.2
+    assert server.closes == 1
+    server.config.idle.stop()
+
+
+@pytest.mark.asyncio
+async def test_silence_watch_aborts_only_a_read_that_waited_too_long() -> None:
+    loop = asyncio.get_running_loop()
+    aborted = asyncio.Event()
+    watch = SilenceWatch(loop, 0.1, aborted.set)
+    watch.reading()
+    await asyncio.sleep(0.05)  # the bytes come in time
+    watch.received()
+    await asyncio.sleep(0.1)  # handling them, past the first read's deadline: not silence
+    assert not aborted.is_set()
+    watch.reading()
+    started = loop.time()
+    await asyncio.wait_for(aborted.wait(), 5)
+    assert loop.time() >= started + 0.1
+    watch.cancel()
+
+
+@pytest.mark.asyncio
+async def test_silence_watch_cancelled_never_aborts() -> None:
+    loop = asyncio.get_running_loop()
+    aborted = asyncio.Event()
+    watch = SilenceWatch(loop, 0.01, aborted.set)
+    watch.reading()
+    watch.cancel()
+    await asyncio.sleep(0.05)  # well past the deadline
+    assert not aborted.is_set()
