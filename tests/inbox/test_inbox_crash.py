@@ -11,9 +11,12 @@ they take every slot, so once all of them started no other handler can start. Th
 then waits until every other handler that started has completed *and* the store counts as
 many jobs ``done`` as there are completion records, and only then kills: at that moment
 the only handlers in flight are the held ones, which never completed, and every completed
-one is settled. Posting pauses before the next generation's held events until the worker
-is saturated, so a worker never sees the next generation's held events (it claims at most
-one batch ahead, and those claims wait for a slot that never frees).
+one is settled. Posting pauses well before the next generation's held events until the
+worker is saturated: a saturated worker claims at most one batch more (first in, first
+out, and those claims wait for a slot that never frees), so it never runs them.
+
+A killed run writes nothing to the store (its worker died first): the job's history shows
+only the run that finished, and the records file is the witness of the killed one.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import functools
 import re
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,7 +140,6 @@ def test_kill_9_twice_mid_handling_loses_nothing_and_handles_nothing_twice(
     records = tmp_path / "records.log"
     ids = [f"msg_crash_{n:03d}" for n in range(EVENTS)]
     held = {generation: {ids[n] for n in spots} for generation, spots in HOLDS.items()}
-    started = time.monotonic()
     with (
         serve(real_pki, inbox_url, records, inbox_concurrency=0) as node,
         Inbox(inbox_url) as inbox,
@@ -158,7 +159,6 @@ def test_kill_9_twice_mid_handling_loses_nothing_and_handles_nothing_twice(
         jobs = {job.meta["webhook_id"]: job for job in inbox.messages(limit=2 * EVENTS)}
         histories = {i: inbox.show(jobs[i].id)[1] for g in held.values() for i in g}
         server_pid = node.child.proc.pid
-    elapsed_s = time.monotonic() - started
     server_output = "".join(node.child.output)  # complete: the server has exited
 
     # The server answered every POST 202 at the first try, while the workers died.
@@ -177,7 +177,6 @@ def test_kill_9_twice_mid_handling_loses_nothing_and_handles_nothing_twice(
     assert by_state == {"pending": 0, "running": 0, "done": EVENTS, "failed": 0}
     assert sorted(jobs) == ids
     assert_held_ran_again(seen, held, killed, histories)
-    assert elapsed_s < 60, elapsed_s
 
 
 def assert_held_ran_again(
@@ -196,8 +195,7 @@ def assert_held_ran_again(
             [done] = [r for r in runs if r.kind == "completed"]
             assert done.generation > generation
             assert done.pid != killed[generation]
-            # The store's history holds the run that finished; the killed run wrote nothing
-            # there (its worker died first), so the records file is its witness.
+            # The store's history shows the run that finished (see the module docstring).
             last = histories[webhook_id][-1]
             assert last.outcome == "done"
             assert f":{killed[generation]}:" not in last.worker
