@@ -120,8 +120,9 @@ def test_serve_with_two_workers_handles_each_event_once(real_pki: RealPki, tmp_p
     assert by_state == {"pending": 0, "running": 0, "done": 50, "failed": 0}
 
 
-def test_serve_with_an_unreachable_postgresql_inbox_exits_with_one_line(
-    real_pki: RealPki, tmp_path: Path
+@pytest.mark.parametrize("command", ["serve", "process-inbox"])
+def test_an_unreachable_postgresql_inbox_at_start_up_is_a_one_line_error(
+    command: str, real_pki: RealPki, tmp_path: Path
 ) -> None:
     env = {
         **os.environ,
@@ -129,15 +130,11 @@ def test_serve_with_an_unreachable_postgresql_inbox_exits_with_one_line(
         "MTLS_HOOKS_KEYS": real_pki.secret,
         "INBOX_TEST_RECORDS": str(tmp_path / "records.log"),
     }
-    argv = [CLI, "serve", "tests.inbox.inbox_app:app", *real_pki.serve_args()]
+    argv = [CLI, command, "tests.inbox.inbox_app:app"]
+    if command == "serve":
+        argv += [*real_pki.serve_args(), "--bind", "127.0.0.1:0"]
     done = subprocess.run(
-        [*argv, "--bind", "127.0.0.1:0"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
