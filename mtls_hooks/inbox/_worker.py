@@ -38,6 +38,7 @@ from mtls_hooks.inbox._retry import InboxRetry
 from mtls_hooks.metrics._registry import current_metrics
 from mtls_hooks.queue._protocol import AttemptRecord, Job, QueueStore, Settlement
 from mtls_hooks.queue._runner import QueueWorker, RunnerCounts, RunnerOptions
+from mtls_hooks.queue._schedule import lost_and_exhausted
 
 __all__ = ["InboxCounts", "InboxWorker", "current_claim"]
 
@@ -121,6 +122,15 @@ class InboxWorker(QueueWorker[InboxCounts]):
             record = AttemptRecord(job.id, number, started, 0.0, "failed", None,
                                    "ConfigurationError", str(exc), self.worker_id)  # fmt: skip
             return Settlement(job.id, "failed", error=str(exc), attempt=record)
+        if lost_and_exhausted(self.retry.stop, job, now=started):
+            # Its workers kept dying under it: the last lost attempt was its last allowed.
+            reason = f"gave up after {job.attempts} attempt(s): {job.last_error}"
+            self.counts.failed += 1
+            self._record(job.target, "failed", None)
+            _LOG.error("inbox event %s on %s dead-lettered: %s", job.id, job.target, reason)
+            record = AttemptRecord(job.id, job.tries, started, 0.0, "failed", None,
+                                   "LostAttemptError", reason, self.worker_id)  # fmt: skip
+            return Settlement(job.id, "failed", error=reason, attempt=record)
         handler = find_handler(self._handlers, job.target, event.type)
         if handler is None:
             self.counts.unhandled += 1

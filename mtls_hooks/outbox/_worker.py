@@ -44,6 +44,7 @@ from mtls_hooks.queue._protocol import (
     check_seconds,
 )
 from mtls_hooks.queue._runner import QueueWorker, RunnerCounts, RunnerOptions
+from mtls_hooks.queue._schedule import lost_and_exhausted
 from mtls_hooks.sender._async import AsyncWebhookSender
 from mtls_hooks.sender._retry import AttemptFailed, RetryPolicy
 
@@ -168,6 +169,16 @@ class DeliveryWorker(QueueWorker[WorkerCounts]):
             record = AttemptRecord(job.id, number, started, 0.0, "failed", None,
                                    "ConfigurationError", reason, self.worker_id)  # fmt: skip
             self.counts.failed += 1
+            if (metrics := current_metrics()) is not None:
+                record_attempt(metrics, job.target, "failed", finished="failed")
+            return Settlement(job.id, "failed", error=reason, attempt=record)
+        if lost_and_exhausted(self._policy(endpoint).stop, job, now=started):
+            # Its workers kept dying under it: the last lost attempt was its last allowed.
+            reason = f"gave up after {job.attempts} attempt(s): {job.last_error}"
+            record = AttemptRecord(job.id, job.tries, started, 0.0, "failed", None,
+                                   "LostAttemptError", reason, self.worker_id)  # fmt: skip
+            self.counts.failed += 1
+            _LOG.warning("outbox message %s to %s failed for good: %s", job.id, job.target, reason)
             if (metrics := current_metrics()) is not None:
                 record_attempt(metrics, job.target, "failed", finished="failed")
             return Settlement(job.id, "failed", error=reason, attempt=record)

@@ -15,6 +15,7 @@ from typing import Any
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.queue._protocol import (
+    LOST_ATTEMPT,
     AttemptRecord,
     Job,
     JobState,
@@ -147,7 +148,15 @@ class MemoryQueueStore:
                 : limit - len(chosen)
             ]
             claimed = []
-            for seq, job in chosen:
+            for seq, found in chosen:
+                job = found
+                if job.state is JobState.RUNNING:  # an expired lease: its attempt was lost
+                    job = job._replace(
+                        attempts=job.attempts + 1,
+                        tries=job.tries + 1,
+                        last_error=f"{LOST_ATTEMPT}: its worker {job.lease_owner} stopped "
+                        "before settling it",
+                    )
                 leased = job._replace(
                     state=JobState.RUNNING,
                     lease_owner=owner,

@@ -23,6 +23,11 @@ States and the moves between them::
   claimable only while no earlier job with that key is pending or running: one at a time,
   in enqueue order (a retry waiting for its time holds the later ones back).
   A claim may carry the owner's settlements, applied first in the same transaction.
+  Taking over an expired lease counts the attempt its worker never settled (``attempts``
+  and ``tries`` go up by one, ``last_error`` says so, starting with
+  :data:`LOST_ATTEMPT`): a job that kills every worker that runs it (out of memory, a
+  crash in a C library) uses up its attempts like any failing one, and the worker that
+  claims it dead-letters it once its policy says stop, instead of running it forever.
 * :meth:`QueueStore.renew` extends the leases an owner still holds (its heartbeat).
 * :meth:`QueueStore.settle` ends a claim: ``done``, ``retry`` at a time, ``failed``, or
   ``release`` (back to pending without counting an attempt: shutdown, rate limit). It applies
@@ -51,6 +56,7 @@ from mtls_hooks.core._errors import ConfigurationError, MtlsHooksError
 
 __all__ = [
     "DEFAULT_LEASE_S",
+    "LOST_ATTEMPT",
     "AttemptRecord",
     "Job",
     "JobState",
@@ -65,6 +71,8 @@ __all__ = [
 
 #: How long a claim lasts without a heartbeat: Convoy's PostgreSQL queue uses 90 s.
 DEFAULT_LEASE_S: Final = 60.0
+#: How ``last_error`` starts when a claim took over an expired lease (a lost attempt).
+LOST_ATTEMPT: Final = "lease expired"
 #: How many jobs one claim takes at most: small batches keep a crashed worker's share small.
 DEFAULT_BATCH: Final = 16
 

@@ -9,11 +9,17 @@ round), the failure as the outcome, and the time since the job was enqueued, so 
 
 from __future__ import annotations
 
+from typing import Any
+
 import tenacity
 
-from mtls_hooks.queue._protocol import Job
+from mtls_hooks.queue._protocol import LOST_ATTEMPT, Job
 
-__all__ = ["attempt_state"]
+__all__ = ["LostAttemptError", "attempt_state", "lost_and_exhausted"]
+
+
+class LostAttemptError(Exception):
+    """An attempt whose worker stopped before settling it: its lease expired."""
 
 
 def attempt_state(job: Job, failure: BaseException, *, now: float) -> tenacity.RetryCallState:
@@ -27,3 +33,16 @@ def attempt_state(job: Job, failure: BaseException, *, now: float) -> tenacity.R
     state.start_time = 0.0
     state.outcome_timestamp = max(0.0, now - job.created_at)
     return state
+
+
+def lost_and_exhausted(stop: Any, job: Job, *, now: float) -> bool:
+    """True when ``job``'s last attempt was lost with its worker (the claim that took the
+    expired lease counted it) and the tenacity ``stop`` allows no more after it.
+
+    A worker checks this before running a job, so that one which kills every worker that runs
+    it ends in the dead letter like any other failing job.
+    """
+    if not job.attempts or not (job.last_error or "").startswith(LOST_ATTEMPT):
+        return False
+    previous = job._replace(attempts=job.attempts - 1)
+    return bool(stop(attempt_state(previous, LostAttemptError(job.last_error), now=now)))

@@ -31,6 +31,7 @@ from typing import Any, Final, Protocol
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.queue._protocol import (
+    LOST_ATTEMPT,
     AttemptRecord,
     Job,
     JobState,
@@ -87,14 +88,23 @@ _FIFO_FREE: Final = """(j.fifo_key IS NULL OR NOT EXISTS (
       AND e.state IN ('pending', 'running')))"""
 _CLAIM: Final = f"""
 UPDATE mtls_hooks_jobs SET state = 'running', lease_owner = :owner,
-    lease_expires_at = :expires_at, updated_at = :now
+    lease_expires_at = :expires_at, updated_at = :now{{lost}}
 WHERE seq IN (
     SELECT j.seq FROM mtls_hooks_jobs j LEFT JOIN mtls_hooks_targets t ON t.name = j.target
     WHERE j.queue = :queue AND {{due}} AND COALESCE(t.enabled, 1) = 1 AND {_FIFO_FREE}
     ORDER BY {{order}} LIMIT :limit {{lock}}
 ) RETURNING {_JOB_COLUMNS}"""
-_DUE_EXPIRED: Final = ("j.state = 'running' AND j.lease_expires_at <= :now", "j.lease_expires_at")
-_DUE_PENDING: Final = ("j.state = 'pending' AND j.run_at <= :now", "j.run_at, j.seq")
+# Taking over an expired lease counts the attempt its worker never settled (the right-hand
+# sides read the row as it was, so lease_owner is the worker that stopped).
+_LOST: Final = f""",
+    attempts = attempts + 1, tries = tries + 1,
+    last_error = '{LOST_ATTEMPT}: its worker ' || lease_owner || ' stopped before settling it'"""
+_DUE_EXPIRED: Final = (
+    "j.state = 'running' AND j.lease_expires_at <= :now",
+    "j.lease_expires_at",
+    _LOST,
+)
+_DUE_PENDING: Final = ("j.state = 'pending' AND j.run_at <= :now", "j.run_at, j.seq", "")
 _SWEEP_EVERY_S: Final = 1.0
 SETTLED_STATE: Final = {
     "done": "done",
@@ -262,8 +272,8 @@ class SqlQueueStore:
         self._insert_sql = self._sql(INSERT_SQL + self._RETURN_ID)
         self._next_sweep = 0.0
         self._claim_sql = tuple(
-            self._sql(_CLAIM.format(due=due, order=order, lock=self._LOCK_CLAUSE))
-            for due, order in (_DUE_EXPIRED, _DUE_PENDING)
+            self._sql(_CLAIM.format(due=due, order=order, lock=self._LOCK_CLAUSE, lost=lost))
+            for due, order, lost in (_DUE_EXPIRED, _DUE_PENDING)
         )
         self._listeners: list[Callable[[], None]] = []
         self._listeners_lock = threading.Lock()

@@ -224,6 +224,33 @@ async def test_a_failing_handler_is_retried_with_backoff_then_dead_lettered_and_
     assert rig.inbox.show(bad.id)[1][-1].number == 4
 
 
+@pytest.mark.parametrize(("lost", "handled"), [(2, True), (3, False)], ids=["2-lost", "3-lost"])
+async def test_an_event_that_kills_its_workers_uses_up_its_attempts(
+    rig: Rig, lost: int, handled: bool
+) -> None:
+    _, headers = await rig.deliver()
+    for n in range(lost):  # each worker dies holding it (OOM, a crash): never settled
+        rig.inbox.store.claim("inbox", f"doomed-{n}", limit=1, lease_s=30)
+        rig.clock.advance(31)
+    counts = await rig.work()  # MAX_ATTEMPTS=3
+    [job] = rig.inbox.messages()
+    attempts = rig.inbox.show(job.id)[1]
+    if handled:  # two of three attempts lost: the third runs
+        assert (counts.handled, job.state, job.tries) == (1, JobState.DONE, 3)
+        assert [e.id for e in rig.handled.events] == [headers["webhook-id"]]
+        assert [(a.number, a.outcome) for a in attempts] == [(3, "done")]
+    else:  # all three lost: dead-lettered, the handler never runs a fourth time
+        assert (counts.failed, job.state) == (1, JobState.FAILED)
+        assert rig.handled.events == []
+        assert job.last_error == (
+            "gave up after 3 attempt(s): lease expired: its worker doomed-2 stopped before "
+            "settling it"
+        )
+        assert [(a.number, a.outcome, a.error) for a in attempts] == [
+            (3, "failed", "LostAttemptError")
+        ]
+
+
 async def test_an_event_without_a_handler_is_done_and_counted_unhandled(rig: Rig) -> None:
     response, _ = await rig.deliver(event_type="customer.created")
     assert response.status_code == 202

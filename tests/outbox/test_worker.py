@@ -256,3 +256,34 @@ def test_heartbeat_keeps_a_long_delivery_from_a_second_worker(
     assert second.counts.delivered == 0
     store.close()
     other.close()
+
+
+@pytest.mark.parametrize(("lost", "delivered"), [(2, True), (3, False)], ids=["2-lost", "3-lost"])
+def test_a_message_that_kills_its_workers_uses_up_its_attempts(
+    pki: OutboxPki, receiver: Receiver, tmp_path: Path, lost: int, delivered: bool
+) -> None:
+    clock = FakeClock()
+    store = open_store(f"sqlite:///{tmp_path / 'q.sqlite3'}", clock=clock)
+    outbox = Outbox(store, clock=clock)
+    outbox.add_endpoint(pki.endpoint("billing", receiver.url(), retry=fast_retry(max_attempts=3)))
+    message_id = outbox.enqueue("billing", {"n": 1}, event_type="invoice.paid")
+    for n in range(lost):  # each worker dies holding it (OOM, a crash): never settled
+        store.claim("outbox", f"doomed-{n}", limit=1, lease_s=30)
+        clock.advance(31)
+    counts = asyncio.run(DeliveryWorker(store, clock=clock).run(until_idle=True))
+    job, attempts = outbox.show(message_id)
+    if delivered:  # two of three attempts lost: the third runs and delivers
+        assert (counts.delivered, job.state, job.tries) == (1, JobState.DONE, 3)
+        assert [(a.number, a.outcome) for a in attempts] == [(3, "done")]
+        assert receiver.seen()["handled"] == [message_id]
+    else:  # all three lost: dead-lettered without a fourth try
+        assert (counts.failed, job.state) == (1, JobState.FAILED)
+        assert job.last_error == (
+            "gave up after 3 attempt(s): lease expired: its worker doomed-2 stopped before "
+            "settling it"
+        )
+        assert [(a.number, a.outcome, a.error) for a in attempts] == [
+            (3, "failed", "LostAttemptError")
+        ]
+        assert receiver.seen()["handled"] == []
+    store.close()

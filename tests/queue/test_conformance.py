@@ -95,7 +95,11 @@ def test_a_lease_excludes_until_it_expires_and_fences_the_old_owner(
     clock.advance(29)
     assert claim_ids(store, "w2") == []
     clock.advance(2)
-    assert claim_ids(store, "w2") == [job_id]  # w1 looks dead: its lease ended
+    [taken] = store.claim(Q, "w2", limit=5, lease_s=30)  # w1 looks dead: its lease ended
+    assert taken.id == job_id
+    # w1's attempt counts, lost: a job that kills its workers runs out of attempts too.
+    assert (taken.attempts, taken.tries) == (1, 1)
+    assert taken.last_error == "lease expired: its worker w1 stopped before settling it"
     # w1 comes back: its settlement no longer applies, but its attempt is history.
     assert store.settle("w1", [Settlement(job_id, "done", attempt=attempt(job_id))]) == 0
     assert store.renew("w1", [job_id], 30) == 0
@@ -104,7 +108,15 @@ def test_a_lease_excludes_until_it_expires_and_fences_the_old_owner(
     assert (current.state, current.lease_owner) == (JobState.RUNNING, "w2")
     assert [a.worker for a in store.history(job_id)] == ["w1"]
     assert store.settle("w2", [Settlement(job_id, "done", attempt=attempt(job_id, 2))]) == 1
-    assert store.get(job_id).state is JobState.DONE  # type: ignore[union-attr]
+    done = store.get(job_id)
+    assert done is not None
+    assert (done.state, done.attempts, done.tries, done.last_error) == (JobState.DONE, 2, 2, None)
+
+
+def test_a_claim_of_due_work_counts_no_attempt(store: QueueStore) -> None:
+    store.enqueue(job())
+    [claimed] = store.claim(Q, "w1", limit=1, lease_s=30)
+    assert (claimed.attempts, claimed.tries, claimed.last_error) == (0, 0, None)
 
 
 def test_settlements(store: QueueStore, clock: FakeClock) -> None:
