@@ -46,6 +46,7 @@ from mtls_hooks.inbox._inbox import Inbox
 from mtls_hooks.inbox._retry import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT_S, InboxRetry
 from mtls_hooks.inbox._worker import InboxWorker
 from mtls_hooks.queue._protocol import DEFAULT_LEASE_S as INBOX_LEASE_S
+from mtls_hooks.queue._protocol import StoreUnavailableError
 from mtls_hooks.receiver._asgi import LeanWebhooks, mount_lean_path
 from mtls_hooks.receiver._endpoint import (
     CONFIG_PREFIX,
@@ -364,7 +365,10 @@ class WebhookReceiver:
                 f"MTLS_HOOKS_INBOX_URL must name a durable store (sqlite:///path or "
                 f"postgresql://...), got {url!r}: an event answered 202 must survive a crash"
             )
-        return Inbox(url), True, settings
+        try:
+            return Inbox(url), True, settings
+        except StoreUnavailableError as exc:
+            raise StoreUnavailableError(f"inbox store: {exc}") from exc
 
     async def _start_inbox_worker(self, app: Quart, state: _AppState) -> None:
         if not state.inbox_in_app or state.inbox_settings["concurrency"] == 0:

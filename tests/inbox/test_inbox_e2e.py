@@ -140,6 +140,8 @@ def test_an_unreachable_postgresql_inbox_at_start_up_is_a_one_line_error(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("mtls-hooks: error: ")
-    assert "PostgreSQL at 127.0.0.1:1" in lines[0]
+    assert lines[0].startswith(
+        "mtls-hooks: error: inbox store: cannot use PostgreSQL at 127.0.0.1:1"
+    )
     assert "s3cret" not in done.stderr + done.stdout
     assert "Traceback" not in done.stdout
