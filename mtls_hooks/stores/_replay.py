@@ -419,24 +419,21 @@ class SQLiteDedupeStore:
         if self._closed:
             raise RuntimeError("SQLiteDedupeStore is closed")
 
-        future = self._writer.submit(lambda conn: _claim_on(conn, key, now, lease_s))
-        try:
-            # Shielded: a caller cancelled while its claim is queued (the sender hung up)
-            # must not leave a committed claim nobody settles, blocking retries for the lease.
-            state, expires_at = await asyncio.shield(future)
-        except asyncio.CancelledError:
-            future.add_done_callback(lambda done: self._release_orphan(key, done))
-            raise
+        # A caller cancelled while its claim waits (the sender hung up) must not leave a
+        # committed claim nobody settles, blocking retries for the lease: a claim not yet
+        # run is dropped, one that ran on the writer thread meanwhile is released.
+        state, expires_at = await self._writer.submit(
+            lambda conn: _claim_on(conn, key, now, lease_s),
+            lambda result: self._release_orphan(key, result),
+        )
         if state is ClaimState.CLAIMED:
             self._held[key] = now + lease_s
         elif state is ClaimState.DONE:
             self._remember_done(key, expires_at)
         return state
 
-    def _release_orphan(self, key: str, done: asyncio.Future[tuple[ClaimState, float]]) -> None:
-        if self._closed or done.cancelled() or done.exception() is not None:
-            return
-        if done.result()[0] is ClaimState.CLAIMED:
+    def _release_orphan(self, key: str, result: tuple[ClaimState, float]) -> None:
+        if not self._closed and result[0] is ClaimState.CLAIMED:
             self._writer.submit(lambda conn: conn.execute(_RELEASE_SQL, (key,)))
 
     async def complete(self, key: str) -> None:
@@ -448,7 +445,9 @@ class SQLiteDedupeStore:
         """
         expires_at = self._clock() + self.retention_s
         try:
-            await self._run(lambda conn: conn.execute(_COMPLETE_SQL, (key, expires_at)))
+            if self._closed:
+                raise RuntimeError("SQLiteDedupeStore is closed")
+            await self._writer.submit(lambda conn: conn.execute(_COMPLETE_SQL, (key, expires_at)))
         finally:
             # Failed or not, SQLite answers for the id from now on (a failed completion
             # leaves the claim to its lease there).

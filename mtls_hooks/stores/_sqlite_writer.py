@@ -25,6 +25,10 @@ Where a batch runs:
 One batch is in flight at a time, so each connection is used by one thread at a time. A
 caller only submits an operation on an id after the previous one on that id returned, so
 batches never need ordering between them.
+
+A caller cancelled while it waits (its request went away) cancels its future. An operation
+not yet run is then dropped; one already on the writer thread runs, and its result goes to
+the ``orphaned`` callback given with it (to undo a claim nobody will settle), if any.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ __all__ = ["BUSY_CODES", "BatchWriter", "Op", "run_batch"]
 
 Op = Callable[[sqlite3.Connection], Any]
 _T = TypeVar("_T")
+# An operation, the future its caller awaits, and what gets the result if that caller is gone.
+_Item = tuple[Op, "asyncio.Future[Any]", "Callable[[Any], None] | None"]
 BUSY_CODES: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 # A bound on one transaction: a burst beyond it is split over the next turns.
 _MAX_BATCH: Final = 256
@@ -103,18 +109,26 @@ class BatchWriter:
         self._executor = executor
         self._inline = inline
         self._on_commit = on_commit
-        self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._pending: list[_Item] = []
         self._scheduled = False  # a flush is queued on the loop, or a batch is on the thread
         self._busy_turns = 0
         self._idle: asyncio.Event | None = None
         self.transactions = 0
         self.operations = 0
 
-    def submit(self, op: Callable[[sqlite3.Connection], _T]) -> asyncio.Future[_T]:
-        """Queue ``op`` for the next batch; the future gets its result or its exception."""
+    def submit(
+        self,
+        op: Callable[[sqlite3.Connection], _T],
+        orphaned: Callable[[_T], None] | None = None,
+    ) -> asyncio.Future[_T]:
+        """Queue ``op`` for the next batch; the future gets its result or its exception.
+
+        ``orphaned`` gets the result instead when the future was cancelled after ``op`` had
+        started (on the writer thread); an ``op`` whose future is cancelled before never runs.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_T] = loop.create_future()
-        self._pending.append((op, future))
+        self._pending.append((op, future, orphaned))
         if not self._scheduled:
             self._scheduled = True
             # call_soon: the callbacks already queued for this turn (other requests reaching
@@ -122,11 +136,11 @@ class BatchWriter:
             loop.call_soon(self._flush, loop)
         return future
 
-    def _take(self) -> list[tuple[Op, asyncio.Future[Any]]]:
+    def _take(self) -> list[_Item]:
         batch, rest = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
         self._pending = rest
         # A caller cancelled while waiting (its request went away) has nothing to run for.
-        return [(op, future) for op, future in batch if not future.cancelled()]
+        return [item for item in batch if not item[1].cancelled()]
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         batch = self._take()
@@ -135,7 +149,7 @@ class BatchWriter:
             return
         if self._inline:
             try:
-                results = run_batch(self._fast, [op for op, _ in batch])
+                results = run_batch(self._fast, [item[0] for item in batch])
             except sqlite3.Error as exc:
                 if not _is_busy(exc):
                     self._settle(loop, batch, None, exc)
@@ -155,7 +169,7 @@ class BatchWriter:
                 self._settle(loop, batch, results, None)
                 return
         self._busy_turns = 0
-        ops = [op for op, _ in batch]
+        ops = [item[0] for item in batch]
         try:
             done = self._executor.submit(run_batch, self._slow, ops)
         except RuntimeError as exc:  # the store closed meanwhile: its thread is gone
@@ -170,7 +184,7 @@ class BatchWriter:
     def _settle_from_thread(
         self,
         loop: asyncio.AbstractEventLoop,
-        batch: list[tuple[Op, asyncio.Future[Any]]],
+        batch: list[_Item],
         finished: Any,
     ) -> None:
         exc = finished.exception()
@@ -179,19 +193,21 @@ class BatchWriter:
     def _settle(
         self,
         loop: asyncio.AbstractEventLoop,
-        batch: list[tuple[Op, asyncio.Future[Any]]],
+        batch: list[_Item],
         results: list[Any] | None,
         exc: BaseException | None,
     ) -> None:
         self.transactions += 1
         self.operations += len(batch)
         if results is not None:
-            for (_, future), result in zip(batch, results, strict=True):
+            for (_, future, orphaned), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
+                elif orphaned is not None:  # cancelled while its batch was on the thread
+                    orphaned(result)
             self._on_commit(len(batch))
         else:
-            for _, future in batch:
+            for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(exc or RuntimeError("batch failed"))
         self._next(loop)
@@ -213,7 +229,7 @@ class BatchWriter:
     def fail_pending(self, exc: BaseException) -> None:
         """Fail every queued operation (the store is closing without a loop to run them)."""
         pending, self._pending = self._pending, []
-        for _, future in pending:
+        for _, future, _ in pending:
             if not future.done():
                 future.get_loop().call_soon_threadsafe(_fail, future, exc)
 

@@ -186,6 +186,40 @@ async def test_a_claim_cancelled_while_queued_does_not_hold_the_id(open_store: O
 
 
 @pytest.mark.asyncio
+async def test_a_claim_cancelled_while_its_batch_runs_on_the_thread_is_released(
+    open_store: Opener,
+) -> None:
+    """FULL mode runs batches on the store's thread: a caller cancelled meanwhile gets no
+    answer, but its claim was committed; it is released, not left to its lease."""
+    store = open_store(synchronous="full")
+    other = open_store(synchronous="full")
+    gate = threading.Event()
+    # The store's single thread is busy: the claim's batch is taken and waits behind this.
+    blocker = store._executor.submit(gate.wait, 30)
+    task = asyncio.ensure_future(store.claim("ep a"))
+    await asyncio.sleep(0)  # the task submits its claim; the flush is queued
+    await asyncio.sleep(0)  # the flush hands the batch to the thread: no longer droppable
+    assert not store._writer._pending
+    assert store._writer._scheduled
+    task.cancel()
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    blocker.result(timeout=30)
+    await asyncio.wait_for(store._writer.drain(), 30)  # the claim, then its release
+    assert await other.claim("ep a") is CLAIMED  # another worker's view of the file
+
+
+@pytest.mark.asyncio
+async def test_a_claim_that_ran_before_the_caller_returned_holds_the_id(open_store: Opener) -> None:
+    """The twin: an answered claim is the caller's, and another worker sees it in flight."""
+    store = open_store(synchronous="full")
+    other = open_store(synchronous="full")
+    assert await store.claim("ep a") is CLAIMED
+    assert await other.claim("ep a") is IN_FLIGHT
+
+
+@pytest.mark.asyncio
 async def test_a_failed_batch_fails_each_caller_and_the_next_batch_runs(
     open_store: Opener, tmp_path: Path
 ) -> None:
