@@ -42,7 +42,7 @@ import hypercorn.asyncio.run as hypercorn_run
 import hypercorn.protocol as hypercorn_protocol
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
-from hypercorn.events import Closed, Event, RawData
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.events import Request
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import STREAM_ID as _H11_STREAM_ID
@@ -364,7 +364,14 @@ class _TLSTCPServer(_ORIGINAL_TCP_SERVER):  # type: ignore[misc]
         # needs neither: no other write is waiting to go first (the lock is free), and
         # drain() would neither wait (nothing buffered, so not paused) nor raise (the
         # transport is open). Anything else goes hypercorn's way. h11 ends a response framed
-        # by Content-Length with no bytes at all: nothing to write.
+        # by Content-Length with no bytes at all: nothing to write. Updated (twice per
+        # request) does what hypercorn's protocol_send does, without its isinstance chain.
+        if type(event) is Updated:
+            if event.idle:
+                await self.idle_task.restart(self._task_group, self._idle_timeout)
+            else:
+                await self.idle_task.stop()
+            return
         if type(event) is RawData and not self.send_lock.locked():
             if not event.data:
                 return
