@@ -19,6 +19,7 @@ from mtls_hooks.queue._protocol import (
     AttemptRecord,
     Job,
     JobState,
+    JsonText,
     NewJob,
     QueueStats,
     Settlement,
@@ -98,6 +99,8 @@ class MemoryQueueStore:
     @staticmethod
     def _checked_meta(job: NewJob) -> Any:
         try:
+            if isinstance(job.meta, JsonText):
+                return json.loads(job.meta)
             return json.loads(json.dumps(dict(job.meta)))
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"job meta is not JSON-serialisable: {exc}") from exc

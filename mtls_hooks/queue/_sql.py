@@ -35,6 +35,7 @@ from mtls_hooks.queue._protocol import (
     AttemptRecord,
     Job,
     JobState,
+    JsonText,
     NewJob,
     QueueStats,
     Settlement,
@@ -225,8 +226,10 @@ def _cached_meta_text(items: tuple[tuple[str, Any], ...]) -> str:
     return json.dumps(dict(items), separators=(",", ":"))
 
 
-def _meta_text(meta: Mapping[str, Any]) -> str:
+def _meta_text(meta: Mapping[str, Any] | JsonText) -> str:
     """``meta`` as JSON; the few shapes an outbox uses (one event type each) are cached."""
+    if isinstance(meta, JsonText):
+        return meta
     try:
         if not meta:
             return "{}"

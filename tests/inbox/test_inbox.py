@@ -291,6 +291,15 @@ async def test_envelope_round_trip_keeps_the_event(sender_cert: IssuedCert) -> N
     job = store.get(job_id)
     assert job is not None
     assert event_from_job(job) == event
+    # The meta is written as JSON text by hand: quotes and non-ASCII types survive it.
+    odd = event.__class__('msg_"2', 'type "é"\n', 7, {}, b"{}", None, "ep")
+    [(odd_id, _)] = store.enqueue_many([job_for_event(odd)])
+    stored = store.get(odd_id)
+    assert stored is not None
+    assert event_from_job(stored) == odd
+    meta = job_for_event(event).meta
+    assert isinstance(meta, str)
+    assert json.loads(meta)["peer"]["spki_pin"] == peer.spki_pin
     unreadable = job._replace(meta={"webhook_id": "x"})
     with pytest.raises(ConfigurationError, match="is not a stored webhook"):
         event_from_job(unreadable)
