@@ -28,7 +28,7 @@ from mtls_hooks.inbox import Inbox, InboxRetry, InboxWorker
 from mtls_hooks.inbox._envelope import event_from_job, job_for_event
 from mtls_hooks.queue import JobState, open_store
 from mtls_hooks.receiver._receiver import WebhookReceiver
-from tests.queue.conftest import FakeClock
+from tests.queue.conftest import FakeClock, pg_schema
 from tests.receiver.conftest import SPIFFE_SENDER, LogLines, Sender, tls_scope
 
 pytestmark = pytest.mark.asyncio
@@ -269,6 +269,18 @@ async def test_a_custom_retry_policy_is_used(rig: Rig) -> None:
     await rig.work(retry=InboxRetry(stop=stop_after_attempt(1), wait=wait_fixed(1)))
     [job] = rig.inbox.messages()
     assert job.state is JobState.FAILED
+
+
+async def test_sqlite_inbox_writes_one_transaction_at_a_time(tmp_path: Path) -> None:
+    # SQLite has one writer: a second transaction in flight would only wait for the lock
+    # with fewer events (bench/bench_inbox.py measured the difference).
+    inbox = Inbox(f"sqlite:///{tmp_path / 'one.sqlite3'}")
+    assert inbox._batcher.max_flights == 1
+    inbox.close()
+    with pg_schema() as url:
+        inbox = Inbox(url)
+        assert inbox._batcher.max_flights == 4  # PostgreSQL runs batches side by side
+        inbox.close()
 
 
 async def test_a_lost_inbox_answers_503_never_202(rig: Rig, log_lines: LogLines) -> None:
