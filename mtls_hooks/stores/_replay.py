@@ -256,9 +256,9 @@ class SQLiteDedupeStore:
     under load, the fixed cost of a write transaction (the lock, the WAL append, the cache
     check when another worker wrote) is paid per batch, not per request. The batch runs on
     the event loop on a connection that never waits for a lock; when another process holds
-    the write lock, it is retried for a few loop turns, then moves to a private thread that
-    may wait up to ``busy_timeout_s``. Purging expired ids and checkpointing the
-    WAL run on that thread too. An in-process front answers without SQLite an id this process
+    the write lock, it is tried again on the loop, in the next turns and then after short
+    waits, for up to ``busy_timeout_s``. Purging expired ids and checkpointing the WAL run on
+    a private thread. An in-process front answers without SQLite an id this process
     holds a live claim on (IN_FLIGHT) and an id it completed within the retention window
     (DONE, the last ``done_cache_entries`` of them): a row can change only when its lease or
     retention ends, so these answers are what SQLite would give. Cross-process truth stays in
@@ -300,7 +300,7 @@ class SQLiteDedupeStore:
             path: the database file; several processes may share it.
             retention_s: how long a processed id is remembered.
             lease_s: how long a claim without ``complete``/``release`` blocks the id.
-            busy_timeout_s: how long the private thread waits for another process's lock.
+            busy_timeout_s: how long a write waits for another process's lock.
             synchronous: ``"normal"`` or ``"full"``: what a completion survives (see above).
             done_cache_entries: how many completed ids the in-process front remembers
                 (0 disables it; SQLite still answers every id).
@@ -349,6 +349,7 @@ class SQLiteDedupeStore:
             self._executor,
             inline=synchronous == "normal",
             on_commit=self._wrote,
+            busy_timeout_s=busy_timeout_s,
         )
 
     @property

@@ -220,6 +220,53 @@ async def test_a_claim_that_ran_before_the_caller_returned_holds_the_id(open_sto
 
 
 @pytest.mark.asyncio
+async def test_a_claim_waits_for_another_process_write_lock_without_blocking_the_loop(
+    open_store: Opener, tmp_path: Path
+) -> None:
+    """Another process holds the write lock: the claim retries on the loop, which runs on."""
+    store = open_store()
+    holder = sqlite3.connect(tmp_path / "dedupe.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, as another worker's commit holds it
+        claim = asyncio.ensure_future(store.claim("ep a"))
+        loop = asyncio.get_running_loop()
+        ticks = 0
+        until = loop.time() + 0.05
+        while loop.time() < until:  # the loop keeps turning while the claim waits
+            await asyncio.sleep(0.001)
+            ticks += 1
+        assert not claim.done()
+        assert ticks >= 10
+        holder.execute("COMMIT")
+        assert await asyncio.wait_for(claim, 10) is CLAIMED
+    finally:
+        holder.close()
+    row = row_of(tmp_path / "dedupe.db", "ep a")
+    assert row is not None
+    assert row[0] == 0  # claimed in the file, not done
+
+
+@pytest.mark.asyncio
+async def test_a_write_lock_held_past_busy_timeout_fails_the_claim(
+    open_store: Opener, tmp_path: Path
+) -> None:
+    """The twin: held longer than busy_timeout_s, the claim fails with SQLite's busy error."""
+    store = open_store(busy_timeout_s=0.2)
+    holder = sqlite3.connect(tmp_path / "dedupe.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await asyncio.wait_for(store.claim("ep a"), 10)
+        assert asyncio.get_running_loop().time() - started >= 0.2
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+    assert row_of(tmp_path / "dedupe.db", "ep a") is None
+    assert await store.claim("ep a") is CLAIMED  # the next batch runs
+
+
+@pytest.mark.asyncio
 async def test_a_failed_batch_fails_each_caller_and_the_next_batch_runs(
     open_store: Opener, tmp_path: Path
 ) -> None:
