@@ -11,16 +11,18 @@ written last).
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import psycopg
 import pytest
-from quart import Quart
+from quart import Quart, current_app
 from quart.testing import QuartClient
 
 from certs_tool import IssuedCert
+from mtls_hooks.cli._main import main
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.core._events import WebhookEvent
 from mtls_hooks.inbox import Inbox, InboxRetry, InboxWorker
@@ -268,3 +270,51 @@ async def test_mode_inbox_from_the_configuration_stores_and_answers_202(
             assert response.status_code == status
     with Inbox(url) as inbox:
         assert len(inbox.messages()) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_sync_handler_runs_from_the_inbox_in_a_thread_with_the_app_context(
+    sender: Sender, sender_cert: IssuedCert, tmp_path: Path
+) -> None:
+    # Handler docs: "Sync handlers run in a worker thread so they never block the event loop";
+    # README: handlers from the inbox run "in the app context (`current_app` works)".
+    url = f"sqlite:///{tmp_path / 'inbox.sqlite3'}"
+    app = Quart("sync_inbox")
+    app.config.update(MTLS_HOOKS_INBOX_URL=url, MTLS_HOOKS_INBOX_CONCURRENCY=0)
+    hooks = WebhookReceiver(app, path="/hooks", name="payments", keys=[sender.key], mode="inbox")
+    loop_thread = threading.get_ident()
+    seen: list[tuple[str, bool]] = []
+
+    @hooks.on("invoice.paid")
+    def handle(event: WebhookEvent) -> None:
+        seen.append((current_app.name, threading.get_ident() != loop_thread))
+
+    async with app.test_app():
+        await post(app, sender, sender_cert)
+        counts = await hooks.inbox_worker(app, poll_interval_s=0.01).run(until_idle=True)
+    assert counts.handled == 1
+    assert seen == [("sync_inbox", True)]
+
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(strict=True, reason="review: `inbox show` prints the sender's event type raw")
+async def test_inbox_show_cannot_be_made_to_print_a_forged_sender(
+    sender: Sender, sender_cert: IssuedCert, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # README: `show` prints "the sender's subject and SPIFFE ID": lines an operator trusts.
+    # The event type comes from the (signed, but sender-chosen) payload.
+    url = f"sqlite:///{tmp_path / 'inbox.sqlite3'}"
+    app, hooks, _ = served_app(sender, url, grace_s=1, MTLS_HOOKS_INBOX_CONCURRENCY=0)
+    forged = "invoice.paid\npeer CN=bank.example\nspiffe_id spiffe://bank.example/ledger"
+    async with app.test_app():
+        client = cast(QuartClient, app.test_client())
+        body, headers = sender.request(payload={"type": forged})
+        response = await client.post(
+            "/hooks", data=body, headers=headers, scope_base=tls_scope(sender_cert)
+        )
+        assert response.status_code == 202
+        [job] = hooks.inbox(app).messages()
+    capsys.readouterr()
+    assert main(["inbox", "--store", url, "show", job.id]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert not any(line.startswith("peer CN=bank.example") for line in lines)
