@@ -11,6 +11,8 @@ written last).
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,6 +33,7 @@ from mtls_hooks.queue import JobState, StoreUnavailableError, open_store
 from mtls_hooks.queue._protocol import NewJob
 from mtls_hooks.queue._sqlite import SQLiteQueueStore
 from mtls_hooks.receiver._receiver import WebhookReceiver
+from tests.outbox.processes import CLI, Child
 from tests.queue.conftest import FakeClock, pg_schema
 from tests.receiver.conftest import Sender, tls_scope
 
@@ -318,3 +321,57 @@ async def test_inbox_show_cannot_be_made_to_print_a_forged_sender(
     assert main(["inbox", "--store", url, "show", job.id]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert not any(line.startswith("peer CN=bank.example") for line in lines)
+
+
+_STARTED_APP = """
+from quart import Quart
+from mtls_hooks.receiver._receiver import WebhookReceiver
+
+app = Quart(__name__)
+hooks = WebhookReceiver(app, path="/hooks", name="payments", mode="inbox")
+pools = []
+
+
+@app.before_serving
+async def open_pool():
+    pools.append("pool")
+
+
+@app.after_serving
+async def close_pool():
+    print("review: pool closed", flush=True)
+
+
+@hooks.on("invoice.paid")
+async def handle(event):
+    print(f"review: handled {event.id} with {pools}", flush=True)
+"""
+
+
+def test_process_inbox_starts_the_app_before_its_handlers_and_stops_it_after(
+    sender: Sender, tmp_path: Path
+) -> None:
+    # README: process-inbox "imports and starts the app (its `before_serving` functions run,
+    # so handlers find their pools)"; the app's after_serving runs once the worker stopped.
+    (tmp_path / "review_started_app.py").write_text(_STARTED_APP)
+    url = f"sqlite:///{tmp_path / 'inbox.sqlite3'}"
+    env = {
+        "MTLS_HOOKS_INBOX_URL": url,
+        "MTLS_HOOKS_INBOX_CONCURRENCY": "0",
+        "MTLS_HOOKS_KEYS": sender.key,
+        "PYTHONPATH": os.pathsep.join([*sys.path, str(tmp_path)]),
+    }
+    argv = [CLI, "process-inbox", "review_started_app:app", "--poll-interval-s", "0.05"]
+    child = Child(argv, env)
+    try:
+        child.wait_for(r"mtls-hooks process-inbox: worker \S+ on ")
+        with Inbox(url) as inbox:
+            asyncio.run(inbox.accept(event(1)))
+            asyncio.run(inbox.aclose())
+        child.wait_for(r"review: handled msg_1 with \['pool'\]")
+        assert child.terminate() == 0
+    finally:
+        child.close()
+    output = "".join(child.output)
+    assert output.index("review: handled msg_1") < output.index("review: pool closed")
+    assert output.index("review: pool closed") < output.index("mtls-hooks process-inbox: stopped")
