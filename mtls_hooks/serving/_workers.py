@@ -117,7 +117,7 @@ def serve(
             level=config.log_level, format="%(asctime)s [%(process)d] %(name)s %(message)s"
         )
     config.loop_factory()  # uvloop missing: one line here, not one per worker
-    with _sighup_held() as release, metrics_listener(config):
+    with _sighup_held() as release:
         if config.workers == 1:
             target = load_app(app) if isinstance(app, str) else app
 
@@ -126,7 +126,10 @@ def serve(
                 if ready is not None:
                     ready((os.getpid(),))
 
-            run_in_loop(config, lambda: serve_async(target, config, sockets=sockets, ready=_ready))
+            with metrics_listener(config):
+                run_in_loop(
+                    config, lambda: serve_async(target, config, sockets=sockets, ready=_ready)
+                )
             return 0
         if threading.current_thread() is not threading.main_thread():
             raise ConfigurationError("serve() with workers > 1 must run in the main thread")
@@ -135,7 +138,9 @@ def serve(
         config.check_files()  # the same for the TLS material
         listening = list(sockets) if sockets is not None else create_sockets(config)
         try:
-            return _supervise(spec, config, listening, ready, release)
+            # Once the serving sockets listen: a scrape that answers means connections queue.
+            with metrics_listener(config):
+                return _supervise(spec, config, listening, ready, release)
         finally:
             for sock in listening:
                 sock.close()
