@@ -68,6 +68,16 @@ class QueueOperations(Protocol):
 ViewT = TypeVar("ViewT", bound=QueueOperations)
 
 
+def _emit(line: str) -> None:
+    """Print one line of stored text: control and other unprintable characters escaped.
+
+    Event types, ids, subjects, error texts and handler messages come from senders,
+    receivers and handlers; printed raw, an ESC sequence or a newline in one could rewrite
+    the operator's terminal or forge a line of output.
+    """
+    print("".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in line))
+
+
 def parse_duration_s(text: str) -> float:
     """``90``, ``30s``, ``15m``, ``12h``, ``7d`` in seconds.
 
@@ -286,26 +296,26 @@ class QueueCommand(Generic[ViewT]):
             label = self.list_label(job)
             columns = [job.id, job.target] if label is None else [job.id, label, job.target]
             error = f"  {job.last_error}" if job.last_error else ""
-            print(f"{'  '.join(columns)}  {job.state.value}  attempts={job.tries}{error}")
+            _emit(f"{'  '.join(columns)}  {job.state.value}  attempts={job.tries}{error}")
         return 0
 
     def _show(self, view: ViewT, args: argparse.Namespace) -> int:
         job, attempts = view.show(args.message_id)
-        print(f"id {job.id}")
-        print(f"endpoint {job.target}")
-        print(f"state {job.state.value}")
-        print(f"event_type {job.meta.get('event_type') or '-'}")
+        _emit(f"id {job.id}")
+        _emit(f"endpoint {job.target}")
+        _emit(f"state {job.state.value}")
+        _emit(f"event_type {job.meta.get('event_type') or '-'}")
         for line in self.show_details(job):
-            print(line)
-        print(f"created {_when(job.created_at)}  next {_when(job.run_at)}")
-        print(f"bytes {len(job.payload)}")
+            _emit(line)
+        _emit(f"created {_when(job.created_at)}  next {_when(job.run_at)}")
+        _emit(f"bytes {len(job.payload)}")
         if job.last_error:
-            print(f"last_error {job.last_error}")
+            _emit(f"last_error {job.last_error}")
         for a in attempts:
             # An HTTP status for a delivery; a handler's run has only its exception, if any.
             outcome = a.status_code if a.status_code is not None else a.error or "-"
             detail = f"  {a.detail}" if a.detail else ""
-            print(f"attempt #{a.number} {_when(a.started_at)} {a.outcome} {outcome} "
+            _emit(f"attempt #{a.number} {_when(a.started_at)} {a.outcome} {outcome} "
                   f"{a.latency_s * 1000:.1f} ms by {a.worker}{detail}")  # fmt: skip
         return 0
 

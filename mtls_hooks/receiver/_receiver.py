@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar, Unpack, cast
+from urllib.parse import urlsplit
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.core._events import Handler
@@ -360,7 +361,7 @@ class WebhookReceiver:
                     "MTLS_HOOKS_INBOX_URL (sqlite:///path or postgresql://...)"
                 )
             return None, False, settings
-        if not isinstance(url, str) or url.split(":", 1)[0].lower() == "memory":
+        if not isinstance(url, str) or urlsplit(url).scheme.lower() == "memory":
             raise ConfigurationError(
                 f"MTLS_HOOKS_INBOX_URL must name a durable store (sqlite:///path or "
                 f"postgresql://...), got {url!r}: an event answered 202 must survive a crash"
