@@ -279,6 +279,18 @@ def store_cpu_us(where: str, processes: int, ids: int) -> float:
                 proc.join()
 
 
+def _create_store(path: str) -> None:
+    """Create the store's file (WAL, schema) once, as a first start of the receiver would.
+
+    Two processes opening a new file at the same instant can fail with "database is locked"
+    (SQLite's switch to WAL does not wait for the other's lock); the timing is not what this
+    measures.
+    """
+    from mtls_hooks.stores._replay import SQLiteDedupeStore
+
+    SQLiteDedupeStore(path).close()
+
+
 def measure_stores(settings: Settings) -> dict[str, list[float]]:
     """In-process CPU per claim+complete: memory, SQLite alone, SQLite shared by two."""
     costs: dict[str, list[float]] = {"memory": [], "sqlite": [], "sqlite x2": []}
@@ -288,6 +300,7 @@ def measure_stores(settings: Settings) -> dict[str, list[float]]:
             path = str(Path(tmp) / f"alone-{index}.sqlite3")
             costs["sqlite"].append(store_cpu_us(path, 1, settings.store_ids))
             path = str(Path(tmp) / f"shared-{index}.sqlite3")
+            _create_store(path)  # the two processes open an existing file, not race to create it
             costs["sqlite x2"].append(store_cpu_us(path, 2, settings.store_ids))
     return costs
 
