@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from typing import Any
 
 from mtls_hooks.stores._replay import ClaimState, SQLiteDedupeStore
 
@@ -27,3 +28,16 @@ def complete_then_die(path: str, synchronous: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     asyncio.run(work())
+
+
+def open_together(paths: list[str], barrier: Any, results: Any) -> None:
+    """Open (and close) a store on each new file of ``paths`` at the instant the other process
+    opens it (one barrier per file); put ``"ok"`` or the error's text for each."""
+    for path in paths:
+        barrier.wait(30)
+        try:
+            SQLiteDedupeStore(path).close()
+        except Exception as exc:  # reported to the test, which fails on it
+            results.put(f"{type(exc).__name__}: {exc}")
+        else:
+            results.put("ok")

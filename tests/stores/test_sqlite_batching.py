@@ -19,7 +19,7 @@ import pytest_asyncio
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.stores._replay import ClaimState, SQLiteDedupeStore
 from tests.stores._backends import Clock
-from tests.stores._sqlite_child import complete_then_die
+from tests.stores._sqlite_child import complete_then_die, open_together
 
 CLAIMED, DONE, IN_FLIGHT = ClaimState.CLAIMED, ClaimState.DONE, ClaimState.IN_FLIGHT
 Opener = Callable[..., SQLiteDedupeStore]
@@ -319,3 +319,37 @@ def test_invalid_options_are_configuration_errors(
 ) -> None:
     with pytest.raises(ConfigurationError, match=message):
         SQLiteDedupeStore(tmp_path / "x.db", **kwargs)  # type: ignore[arg-type]
+
+
+def test_workers_opening_one_new_file_together_all_start(tmp_path: Path) -> None:
+    """Two processes open the same new file at the same instant, twenty times over: SQLite's
+    switch to WAL may answer "database is locked" at once to one of them (it did about one
+    time in three), which is tried again instead of failing the worker's start."""
+    context = multiprocessing.get_context("spawn")
+    paths = [str(tmp_path / f"new-{index}.db") for index in range(20)]
+    barrier = context.Barrier(2)
+    results = context.Queue()
+    children = [
+        context.Process(target=open_together, args=(paths, barrier, results)) for _ in range(2)
+    ]
+    for child in children:
+        child.start()
+    try:
+        outcomes = [results.get(timeout=60) for _ in range(2 * len(paths))]
+    finally:
+        for child in children:
+            child.join(30)
+    assert outcomes == ["ok"] * len(outcomes)
+
+
+def test_a_file_locked_past_busy_timeout_fails_at_start(tmp_path: Path) -> None:
+    """The twin: a lock held longer than busy_timeout_s is a clear start-up error."""
+    path = tmp_path / "held.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(ConfigurationError, match="database is locked"):
+            SQLiteDedupeStore(path, busy_timeout_s=0.2)
+    finally:
+        holder.close()
