@@ -69,6 +69,8 @@ CREATE TABLE IF NOT EXISTS mtls_hooks_targets (
 );
 """
 _SYNCHRONOUS: Final = ("full", "normal")
+_BUSY_CODES: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_OPEN_RETRY_S: Final = 0.005
 
 
 class SQLiteQueueStore(SqlQueueStore):
@@ -166,10 +168,41 @@ def open_wal(
     file that cannot use it (a network filesystem) must fail at start-up, not at the first
     contended write.
 
+    Processes starting together on a new file: SQLite's switch to WAL answers "database is
+    locked" at once, without its busy wait, when another connection switches the file at that
+    instant (two processes opening one new file failed about one time in three). The open is
+    tried again for up to ``busy_timeout_s``; this runs once, at start-up.
+
     Raises:
         error: (``what`` names the database) the file cannot be opened, cannot use WAL, or
             the schema cannot be applied.
     """
+    deadline = time.monotonic() + busy_timeout_s
+    while True:
+        try:
+            return _open_wal_once(
+                path, what=what, busy_timeout_s=busy_timeout_s, pragmas=pragmas, schema=schema,
+                error=error,
+            )  # fmt: skip
+        except Exception as exc:
+            cause = exc.__cause__
+            busy = isinstance(cause, sqlite3.OperationalError) and (
+                cause.sqlite_errorcode in _BUSY_CODES
+            )
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(_OPEN_RETRY_S)
+
+
+def _open_wal_once(
+    path: str,
+    *,
+    what: str,
+    busy_timeout_s: float,
+    pragmas: Sequence[str],
+    schema: str,
+    error: type[Exception],
+) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(
             path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False

@@ -35,7 +35,7 @@ from typing import Final, Protocol, TypeVar, runtime_checkable
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.queue._sqlite import open_wal
-from mtls_hooks.stores._sqlite_writer import BUSY_CODES, BatchWriter
+from mtls_hooks.stores._sqlite_writer import BatchWriter
 
 __all__ = [
     "DEFAULT_LEASE_S",
@@ -231,7 +231,6 @@ _WRITES_PER_CHECKPOINT: Final = 1000
 # Ids this process completed, answered DONE without SQLite while their retention lasts.
 DEFAULT_DONE_CACHE_ENTRIES: Final = 4096
 _SYNCHRONOUS: Final = ("normal", "full")
-_OPEN_RETRY_S: Final = 0.005
 _T = TypeVar("_T")
 
 
@@ -362,29 +361,15 @@ class SQLiteDedupeStore:
         # Autocommit (isolation_level=None): the writer opens each batch's transaction.
         # check_same_thread=False: the slow connection is used only by the single worker
         # thread, the fast one only by the event loop thread.
-        # Workers starting together on a new file: SQLite's switch to WAL answers "database
-        # is locked" at once, without its busy wait, when another connection switches it at
-        # that instant (two processes opening one new file failed about one time in three).
-        # Tried again for up to busy_timeout_s; this runs once, at start-up.
-        deadline = time.monotonic() + busy_timeout_s
-        while True:
-            try:
-                return open_wal(
-                    self.path,
-                    what="dedupe",
-                    busy_timeout_s=busy_timeout_s,
-                    pragmas=(f"synchronous={self.synchronous.upper()}", "wal_autocheckpoint=0"),
-                    schema=_SCHEMA,
-                    error=ConfigurationError,
-                )
-            except ConfigurationError as exc:
-                cause = exc.__cause__
-                busy = isinstance(cause, sqlite3.OperationalError) and (
-                    cause.sqlite_errorcode in BUSY_CODES
-                )
-                if not busy or time.monotonic() >= deadline:
-                    raise
-            time.sleep(_OPEN_RETRY_S)
+        # Workers starting together on a new file: open_wal retries the switch to WAL.
+        return open_wal(
+            self.path,
+            what="dedupe",
+            busy_timeout_s=busy_timeout_s,
+            pragmas=(f"synchronous={self.synchronous.upper()}", "wal_autocheckpoint=0"),
+            schema=_SCHEMA,
+            error=ConfigurationError,
+        )
 
     async def _run(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._closed:

@@ -30,13 +30,17 @@ def complete_then_die(path: str, synchronous: str) -> None:
     asyncio.run(work())
 
 
-def open_together(paths: list[str], barrier: Any, results: Any) -> None:
-    """Open (and close) a store on each new file of ``paths`` at the instant the other process
-    opens it (one barrier per file); put ``"ok"`` or the error's text for each."""
+def open_together(paths: list[str], barrier: Any, results: Any, kind: str = "dedupe") -> None:
+    """Open (and close) a store (``kind``: the dedupe store or the queue, which share
+    ``open_wal``) on each new file of ``paths`` at the instant the other process opens it (one
+    barrier per file); put ``"ok"`` or the error's text for each."""
+    from mtls_hooks.queue._sqlite import SQLiteQueueStore
+
+    store_class = SQLiteDedupeStore if kind == "dedupe" else SQLiteQueueStore
     for path in paths:
         barrier.wait(30)
         try:
-            SQLiteDedupeStore(path).close()
+            store_class(path).close()
         except Exception as exc:  # reported to the test, which fails on it
             results.put(f"{type(exc).__name__}: {exc}")
         else:

@@ -321,7 +321,8 @@ def test_invalid_options_are_configuration_errors(
         SQLiteDedupeStore(tmp_path / "x.db", **kwargs)  # type: ignore[arg-type]
 
 
-def test_workers_opening_one_new_file_together_all_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["dedupe", "queue"])
+def test_workers_opening_one_new_file_together_all_start(tmp_path: Path, kind: str) -> None:
     """Two processes open the same new file at the same instant, twenty times over: SQLite's
     switch to WAL may answer "database is locked" at once to one of them (it did about one
     time in three), which is tried again instead of failing the worker's start."""
@@ -330,7 +331,8 @@ def test_workers_opening_one_new_file_together_all_start(tmp_path: Path) -> None
     barrier = context.Barrier(2)
     results = context.Queue()
     children = [
-        context.Process(target=open_together, args=(paths, barrier, results)) for _ in range(2)
+        context.Process(target=open_together, args=(paths, barrier, results, kind))
+        for _ in range(2)
     ]
     for child in children:
         child.start()
