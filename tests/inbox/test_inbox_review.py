@@ -200,9 +200,6 @@ async def test_the_inbox_settings_reach_the_worker(sender: Sender, tmp_path: Pat
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True, reason="review: urlsplit strips a leading space; the refusal does not"
-)
 async def test_a_memory_inbox_url_is_refused_however_it_is_spelt(sender: Sender) -> None:
     # README: "An inbox endpoint without an inbox, or a memory:// one, is refused at start-up".
     app = Quart("memory_inbox")
@@ -302,7 +299,6 @@ async def test_a_sync_handler_runs_from_the_inbox_in_a_thread_with_the_app_conte
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(strict=True, reason="review: `inbox show` prints the sender's event type raw")
 async def test_inbox_show_cannot_be_made_to_print_a_forged_sender(
     sender: Sender, sender_cert: IssuedCert, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
