@@ -6,15 +6,17 @@ the peer's certificate identity), so a handler run from the inbox sees the same
 :class:`~mtls_hooks.WebhookEvent` it would have seen in the request. Nothing secret is
 stored: a certificate identity is public, and the signing keys never reach the inbox.
 
-The job's idempotency key is ``"<endpoint> <webhook-id>"``: a sender's retry of an event
-already in the inbox finds the first job, whatever state it is in, so the inbox is its own
-dedupe record for as long as its jobs are kept (``purge`` ends that).
+The job's id is derived from ``(endpoint, webhook-id)`` (:func:`inbox_key`): a sender's
+retry of an event already in the inbox finds the first job, whatever state it is in, so the
+inbox is its own dedupe record for as long as its jobs are kept (``purge`` ends that).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
+import hashlib
 import ipaddress
 import json
 from json.encoder import encode_basestring_ascii
@@ -36,8 +38,14 @@ _MAX_PEERS: Final = 1024
 
 
 def inbox_key(endpoint: str, webhook_id: str) -> str:
-    """The idempotency key of a webhook in the inbox (ids never contain spaces)."""
-    return f"{endpoint} {webhook_id}"
+    """The job id of a webhook in the inbox: ``in_`` and a digest of (endpoint, webhook-id).
+
+    The id is the dedupe key: the jobs table's unique index on ids refuses a second job
+    for the same webhook, so the inbox needs no idempotency key (one index write fewer per
+    webhook). A digest, because a webhook-id is the sender's text.
+    """
+    digest = hashlib.sha256(f"{endpoint} {webhook_id}".encode()).digest()
+    return "in_" + base64.urlsafe_b64encode(digest[:18]).decode()
 
 
 def job_for_event(event: WebhookEvent) -> NewJob:
@@ -57,7 +65,7 @@ def job_for_event(event: WebhookEvent) -> NewJob:
         event.endpoint,
         event.raw_body,
         meta=meta,
-        idempotency_key=inbox_key(event.endpoint, event.id),
+        job_id=inbox_key(event.endpoint, event.id),
     )
 
 
