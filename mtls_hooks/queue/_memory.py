@@ -153,7 +153,8 @@ class MemoryQueueStore:
             claimed = []
             for seq, found in chosen:
                 job = found
-                if job.state is JobState.RUNNING:  # an expired lease: its attempt was lost
+                if job.state is JobState.RUNNING and job.lease_owner != owner:
+                    # An expired lease of another worker: its attempt was lost.
                     job = job._replace(
                         attempts=job.attempts + 1,
                         tries=job.tries + 1,

@@ -41,6 +41,7 @@ from mtls_hooks.queue._observe import depth_loop
 from mtls_hooks.queue._protocol import (
     DEFAULT_BATCH,
     DEFAULT_LEASE_S,
+    AttemptRecord,
     Job,
     QueueStore,
     Settlement,
@@ -300,6 +301,18 @@ class QueueWorker(Generic[_C]):
             self._settle(Settlement(job.id, "release", run_at=self._clock()))
             self.counts.released += 1
             raise
+        except Exception as exc:
+            # A fault outside the job's own work (a retry policy that raised, a record this
+            # code cannot handle): never leave the job held and renewed forever. It counts
+            # as an attempt and is tried again after a lease's time, its error kept.
+            self.logger.exception("%s %s failed on %s", self.what, self.worker_id, job.id)
+            now = self._clock()
+            error = f"worker fault: {type(exc).__name__}: {exc}"[:500]
+            record = AttemptRecord(job.id, job.tries + 1, now, 0.0, "retry", None,
+                                   type(exc).__name__, error, self.worker_id)  # fmt: skip
+            settlement = Settlement(
+                job.id, "retry", run_at=now + self.lease_s, error=error, attempt=record
+            )
         self._settle(settlement)
 
     # -- settling and leases ----------------------------------------------------------

@@ -97,9 +97,12 @@ WHERE seq IN (
 ) RETURNING {_JOB_COLUMNS}"""
 # Taking over an expired lease counts the attempt its worker never settled (the right-hand
 # sides read the row as it was, so lease_owner is the worker that stopped).
+# A worker taking back its own lease (a late heartbeat) has lost nothing: its run goes on.
 _LOST: Final = f""",
-    attempts = attempts + 1, tries = tries + 1,
-    last_error = '{LOST_ATTEMPT}: its worker ' || lease_owner || ' stopped before settling it'"""
+    attempts = attempts + (CASE WHEN lease_owner = :owner THEN 0 ELSE 1 END),
+    tries = tries + (CASE WHEN lease_owner = :owner THEN 0 ELSE 1 END),
+    last_error = CASE WHEN lease_owner = :owner THEN last_error
+        ELSE '{LOST_ATTEMPT}: its worker ' || lease_owner || ' stopped before settling it' END"""
 _DUE_EXPIRED: Final = (
     "j.state = 'running' AND j.lease_expires_at <= :now",
     "j.lease_expires_at",

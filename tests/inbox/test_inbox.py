@@ -251,6 +251,25 @@ async def test_an_event_that_kills_its_workers_uses_up_its_attempts(
         ]
 
 
+async def test_a_fault_outside_the_handler_never_leaves_the_event_held(rig: Rig) -> None:
+    from tenacity import wait_fixed
+    from tenacity.stop import stop_base
+
+    class BrokenStop(stop_base):
+        def __call__(self, retry_state: Any) -> bool:
+            raise ValueError("a stop condition with a bug")
+
+    _, headers = await rig.deliver()
+    rig.handled.fail_first[headers["webhook-id"]] = 1
+    counts = await rig.work(retry=InboxRetry(stop=BrokenStop(), wait=wait_fixed(1)))
+    assert counts.handled == 0  # and run() returned: nothing is held
+    [job] = rig.inbox.messages()
+    assert job.state is JobState.PENDING
+    assert job.run_at == rig.clock.now + 60  # tried again after a lease's time
+    assert job.last_error == "worker fault: ValueError: a stop condition with a bug"
+    assert [(a.outcome, a.error) for a in rig.inbox.show(job.id)[1]] == [("retry", "ValueError")]
+
+
 async def test_an_event_without_a_handler_is_done_and_counted_unhandled(rig: Rig) -> None:
     response, _ = await rig.deliver(event_type="customer.created")
     assert response.status_code == 202

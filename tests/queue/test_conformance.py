@@ -113,6 +113,16 @@ def test_a_lease_excludes_until_it_expires_and_fences_the_old_owner(
     assert (done.state, done.attempts, done.tries, done.last_error) == (JobState.DONE, 2, 2, None)
 
 
+def test_taking_back_ones_own_expired_lease_loses_no_attempt(
+    store: QueueStore, clock: FakeClock
+) -> None:
+    job_id, _ = store.enqueue(job())
+    store.claim(Q, "w1", limit=1, lease_s=30)
+    clock.advance(31)  # w1's heartbeat came late: it takes its own job back, still running it
+    [again] = store.claim(Q, "w1", limit=1, lease_s=30)
+    assert (again.id, again.attempts, again.tries, again.last_error) == (job_id, 0, 0, None)
+
+
 def test_a_claim_of_due_work_counts_no_attempt(store: QueueStore) -> None:
     store.enqueue(job())
     [claimed] = store.claim(Q, "w1", limit=1, lease_s=30)
