@@ -53,6 +53,7 @@ STORE_NAMES: Final = (
     "inbox_max_attempts",
     "inbox_max_wait_s",
     "inbox_lease_s",
+    "inbox_handler_timeout_s",
 )
 # Every receiver setting, lowercase, as the suffix of MTLS_HOOKS_<NAME>.
 RECEIVER_NAMES: Final = frozenset((*ENDPOINT_OPTION_NAMES, *STORE_NAMES))

@@ -22,6 +22,7 @@ their side effects on ``event.id``, as in the direct mode.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -29,20 +30,23 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Unpack
+from typing import Any, Final, Unpack
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.core._events import HandlerTable, find_handler
 from mtls_hooks.inbox._envelope import QUEUE, event_from_job
 from mtls_hooks.inbox._retry import InboxRetry
 from mtls_hooks.metrics._registry import current_metrics
-from mtls_hooks.queue._protocol import AttemptRecord, Job, QueueStore, Settlement
+from mtls_hooks.queue._protocol import AttemptRecord, Job, QueueStore, Settlement, check_seconds
 from mtls_hooks.queue._runner import QueueWorker, RunnerCounts, RunnerOptions
 from mtls_hooks.queue._schedule import lost_and_exhausted
 
-__all__ = ["InboxCounts", "InboxWorker", "current_claim"]
+__all__ = ["DEFAULT_HANDLER_TIMEOUT_S", "InboxCounts", "InboxWorker", "current_claim"]
 
 _LOG = logging.getLogger("mtls_hooks.inbox")
+#: How long one handler run may last by default: far beyond a sender's timeout (the reason
+#: for the inbox), short enough that a hung handler gives its slot back.
+DEFAULT_HANDLER_TIMEOUT_S: Final = 900.0
 
 #: ``(job id, lease owner)`` of the inbox event whose handler is running in this context, for
 #: :meth:`~mtls_hooks.inbox.Inbox.transactional`; ``None`` outside an inbox worker.
@@ -85,6 +89,7 @@ class InboxWorker(QueueWorker[InboxCounts]):
         *,
         retry: InboxRetry | None = None,
         context: Callable[[], AbstractAsyncContextManager[Any]] = _no_context,
+        handler_timeout_s: float | None = DEFAULT_HANDLER_TIMEOUT_S,
         **options: Unpack[RunnerOptions],
     ) -> None:
         """Configure a worker; nothing runs until :meth:`run`.
@@ -95,6 +100,8 @@ class InboxWorker(QueueWorker[InboxCounts]):
                 (read live: handlers registered later are found).
             retry: when a handler that raised runs again; :class:`InboxRetry` by default.
             context: entered around each handler run (the Quart app's ``app_context``).
+            handler_timeout_s: a run that lasts longer fails (and is retried, or
+                dead-lettered); ``None``: no bound. A sync handler's thread runs on after it.
             options: the worker loop's settings (:class:`~mtls_hooks.queue._runner.
                 RunnerOptions`: ``concurrency``, 8 handlers at once by default, ``lease_s``,
                 ``poll_interval_s``, ``shutdown_grace_s``, ``clock``...).
@@ -107,6 +114,11 @@ class InboxWorker(QueueWorker[InboxCounts]):
         super().__init__(store, counts=InboxCounts(), **options)
         self._handlers = handlers
         self.retry = InboxRetry() if retry is None else retry
+        self.handler_timeout_s = (
+            None
+            if handler_timeout_s is None
+            else check_seconds("handler_timeout_s", handler_timeout_s)
+        )
         self._context = context
 
     async def _process(self, job: Job) -> Settlement:
@@ -141,10 +153,14 @@ class InboxWorker(QueueWorker[InboxCounts]):
         began = time.perf_counter()
         claim = current_claim.set((job.id, self.worker_id))
         try:
-            async with self._context():
+            async with self._context(), asyncio.timeout(self.handler_timeout_s):
                 await handler(event)
         except Exception as exc:
             latency_s = time.perf_counter() - began
+            if isinstance(exc, TimeoutError) and latency_s >= (self.handler_timeout_s or 0):
+                # A hung handler: its run fails (and is retried) rather than holding a slot
+                # and a renewed lease forever. A sync handler's thread cannot be stopped.
+                exc = TimeoutError(f"the handler ran longer than {self.handler_timeout_s:g} s")
             return self._failed(job, exc, started=started, latency_s=latency_s)
         finally:
             current_claim.reset(claim)

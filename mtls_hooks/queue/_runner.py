@@ -152,7 +152,7 @@ class QueueWorker(Generic[_C]):
         self._held: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: list[Settlement] = []
-        self._stopping = False
+        self._stopping = self._stop_requested = False
         self._executor = self._new_executor()
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()
@@ -181,7 +181,7 @@ class QueueWorker(Generic[_C]):
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish: no new claims, jobs in flight get the grace."""
-        self._stopping = True
+        self._stop_requested = self._stopping = True
         self._wake.set()
 
     async def run(self, *, until_idle: bool = False) -> _C:
@@ -191,6 +191,8 @@ class QueueWorker(Generic[_C]):
             The worker's counts.
         """
         loop = asyncio.get_running_loop()
+        # A run that ended on a fault may be started again; one asked to stop stays stopped.
+        self._stopping = self._stop_requested
         self._wake = wake = asyncio.Event()
         self._settled = asyncio.Event()
         self._slots = asyncio.Semaphore(self.concurrency)

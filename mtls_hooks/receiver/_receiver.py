@@ -29,6 +29,7 @@ by then the id is done (204 duplicate) or released (the handler runs).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import os
@@ -45,7 +46,7 @@ from mtls_hooks.core._events import Handler
 from mtls_hooks.core._suggest import did_you_mean
 from mtls_hooks.inbox._inbox import Inbox
 from mtls_hooks.inbox._retry import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_WAIT_S, InboxRetry
-from mtls_hooks.inbox._worker import InboxWorker
+from mtls_hooks.inbox._worker import DEFAULT_HANDLER_TIMEOUT_S, InboxWorker
 from mtls_hooks.queue._protocol import DEFAULT_LEASE_S as INBOX_LEASE_S
 from mtls_hooks.queue._protocol import StoreUnavailableError
 from mtls_hooks.receiver._asgi import LeanWebhooks, mount_lean_path
@@ -91,6 +92,7 @@ _RECEIVER_KEYS: Final = {
     "INBOX_MAX_ATTEMPTS": DEFAULT_MAX_ATTEMPTS,
     "INBOX_MAX_WAIT_S": DEFAULT_MAX_WAIT_S,
     "INBOX_LEASE_S": INBOX_LEASE_S,
+    "INBOX_HANDLER_TIMEOUT_S": DEFAULT_HANDLER_TIMEOUT_S,
 }
 _ENDPOINT_KEYS: Final = {name.upper(): name for name in ENDPOINT_DEFAULTS}
 # The serving core's settings may sit in app.config under the same prefix: known, not ours.
@@ -129,6 +131,7 @@ class _AppState:
     inbox_in_app: bool = True
     inbox_worker: InboxWorker | None = field(default=None, repr=False)
     inbox_task: asyncio.Task[Any] | None = field(default=None, repr=False)
+    inbox_stopped: asyncio.Event | None = field(default=None, repr=False)
 
 
 class WebhookEndpoint:
@@ -351,7 +354,12 @@ class WebhookReceiver:
         retry = self._inbox_retry or InboxRetry.of(
             max_attempts=extra["INBOX_MAX_ATTEMPTS"], max_wait_s=extra["INBOX_MAX_WAIT_S"]
         )
-        settings = {"concurrency": concurrency, "lease_s": extra["INBOX_LEASE_S"], "retry": retry}
+        settings = {
+            "concurrency": concurrency,
+            "lease_s": extra["INBOX_LEASE_S"],
+            "retry": retry,
+            "handler_timeout_s": extra["INBOX_HANDLER_TIMEOUT_S"],
+        }
         if self._inbox is not None:
             return self._inbox, False, settings
         if not url:
@@ -377,16 +385,17 @@ class WebhookReceiver:
         # Running handlers get Quart's bound on background work at shutdown, as direct ones do.
         grace_s = float(app.config.get("BACKGROUND_TASK_SHUTDOWN_TIMEOUT", 5))
         worker = self._new_inbox_worker(app, state, {"shutdown_grace_s": grace_s})
-        task = asyncio.get_running_loop().create_task(worker.run())
-        task.add_done_callback(_inbox_worker_ended)
-        state.inbox_worker, state.inbox_task = worker, task
+        stopped = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(_keep_running(worker, stopped))
+        state.inbox_worker, state.inbox_task, state.inbox_stopped = worker, task, stopped
 
     @staticmethod
     async def _stop_inbox_worker(state: _AppState) -> None:
-        worker, task = state.inbox_worker, state.inbox_task
-        state.inbox_worker = state.inbox_task = None
-        if worker is None or task is None:
+        worker, task, stopped = state.inbox_worker, state.inbox_task, state.inbox_stopped
+        state.inbox_worker = state.inbox_task = state.inbox_stopped = None
+        if worker is None or task is None or stopped is None:
             return
+        stopped.set()  # a worker waiting to restart after a fault does not
         worker.stop()  # running handlers finish within the grace; the rest go back
         await asyncio.gather(task, return_exceptions=True)
 
@@ -399,9 +408,8 @@ class WebhookReceiver:
                 "postgresql://...)"
             )
         settings = {
+            **state.inbox_settings,
             "concurrency": state.inbox_settings["concurrency"] or 8,
-            "lease_s": state.inbox_settings["lease_s"],
-            "retry": state.inbox_settings["retry"],
             **options,
         }
         # Quart's AppContext is an async context manager without the ABC's registration.
@@ -616,7 +624,7 @@ def _read_config(
     )
     for short, least in (("INBOX_CONCURRENCY", 0), ("INBOX_MAX_ATTEMPTS", 1)):
         extra[short] = _whole(extra[short], CONFIG_PREFIX + short, least)
-    for short in ("INBOX_MAX_WAIT_S", "INBOX_LEASE_S"):
+    for short in ("INBOX_MAX_WAIT_S", "INBOX_LEASE_S", "INBOX_HANDLER_TIMEOUT_S"):
         value = _number(extra[short], CONFIG_PREFIX + short)
         if not 0 < value < float("inf"):
             raise ConfigurationError(f"{CONFIG_PREFIX}{short} must be > 0, got {value!r}")
@@ -656,12 +664,30 @@ def _whole(value: Any, key: str, least: int) -> int:
     return int(number)
 
 
-def _inbox_worker_ended(task: asyncio.Task[Any]) -> None:
-    # The in-app worker only ends when stopped; anything else is a fault to see in the log.
-    if not task.cancelled() and task.exception() is not None:
-        from mtls_hooks.receiver._pipeline import logger
+async def _keep_running(worker: InboxWorker, stopped: asyncio.Event) -> None:
+    """Run the app's inbox worker until the app stops it, restarting it after a fault.
 
-        logger.error("the inbox worker stopped on an error", exc_info=task.exception())
+    The server goes on answering 202 whatever the worker does, so a worker that ended on an
+    error (a database error the store does not translate) must not stay down: it is logged
+    and started again, 0.5 s later, doubling to a minute while it keeps failing.
+    """
+    from mtls_hooks.receiver._pipeline import logger
+
+    delay_s = _RESTART_FIRST_S
+    while not stopped.is_set():
+        try:
+            await worker.run()
+        except Exception:
+            logger.exception("the inbox worker stopped on an error; restarting in %g s", delay_s)
+        else:
+            return  # stopped by the app
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopped.wait(), delay_s)
+        delay_s = min(delay_s * 2, _RESTART_MAX_S)
+
+
+_RESTART_FIRST_S: Final = 0.5
+_RESTART_MAX_S: Final = 60.0
 
 
 def _number(value: Any, key: str) -> float:

@@ -7,6 +7,7 @@ backoff are shown without waiting; ``test_inbox_e2e.py`` serves the same over re
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -41,9 +42,12 @@ class Handled:
     events: list[WebhookEvent] = field(default_factory=list)
     apps: list[str] = field(default_factory=list)
     fail_first: dict[str, int] = field(default_factory=dict)
+    hang: set[str] = field(default_factory=set)
 
     async def handler(self, event: WebhookEvent) -> None:
         self.apps.append(current_app.name)  # the worker runs handlers in the app context
+        if event.id in self.hang:
+            await asyncio.Event().wait()  # a handler stuck on a call that never returns
         left = self.fail_first.get(event.id, 0)
         if left:
             self.fail_first[event.id] = left - 1
@@ -268,6 +272,51 @@ async def test_a_fault_outside_the_handler_never_leaves_the_event_held(rig: Rig)
     assert job.run_at == rig.clock.now + 60  # tried again after a lease's time
     assert job.last_error == "worker fault: ValueError: a stop condition with a bug"
     assert [(a.outcome, a.error) for a in rig.inbox.show(job.id)[1]] == [("retry", "ValueError")]
+
+
+async def test_a_hung_handler_times_out_and_is_retried(rig: Rig) -> None:
+    _, headers = await rig.deliver()
+    rig.handled.hang.add(headers["webhook-id"])
+    counts = await rig.work(handler_timeout_s=0.05)
+    assert (counts.retried, counts.handled) == (1, 0)  # its slot and lease given back
+    [job] = rig.inbox.messages()
+    assert job.state is JobState.PENDING
+    assert job.last_error == "TimeoutError: the handler ran longer than 0.05 s"
+    # The default bound, and the setting that changes it, reach the worker.
+    assert rig.worker().handler_timeout_s == 900
+    app, hooks, _ = make_app(rig.sender, rig.url, MTLS_HOOKS_INBOX_HANDLER_TIMEOUT_S="30")
+    assert hooks.inbox_worker(app).handler_timeout_s == 30
+    hooks.inbox(app).close()
+
+
+async def test_the_apps_own_worker_restarts_after_a_fault(
+    sender: Sender, sender_cert: IssuedCert, tmp_path: Path, log_lines: LogLines
+) -> None:
+    app, hooks, handled = make_app(
+        sender, f"sqlite:///{tmp_path / 'i.sqlite3'}", MTLS_HOOKS_INBOX_CONCURRENCY=1
+    )
+    store = hooks.inbox(app).store
+    claim = store.claim
+    faults = [sqlite3.DatabaseError("database disk image is malformed")]
+
+    def failing_once(*args: Any, **kwargs: Any) -> Any:
+        if faults:  # an error the store does not translate ends the worker's run
+            raise faults.pop()
+        return claim(*args, **kwargs)
+
+    store.claim = failing_once  # type: ignore[method-assign]
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        body, headers = sender.request()
+        answer = await client.post("/hooks", data=body, headers=headers,
+                                   scope_base=tls_scope(sender_cert))  # fmt: skip
+        assert answer.status_code == 202
+        for _ in range(400):  # bounded: the worker restarts 0.5 s after the fault
+            if handled.events:
+                break
+            await asyncio.sleep(0.025)
+        assert [e.id for e in handled.events] == [headers["webhook-id"]]
+    assert faults == []
 
 
 async def test_an_event_without_a_handler_is_done_and_counted_unhandled(rig: Rig) -> None:
