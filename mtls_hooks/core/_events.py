@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from mtls_hooks.core._identity import PeerIdentity
@@ -41,8 +41,9 @@ class WebhookEvent:
     id: str
     type: str
     timestamp: int
-    payload: Any
-    raw_body: bytes
+    # Out of the repr: a body may hold personal data, and events end up in logs and tracebacks.
+    payload: Any = field(repr=False)
+    raw_body: bytes = field(repr=False)
     peer: PeerIdentity | None
     endpoint: str
 

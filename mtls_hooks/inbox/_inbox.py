@@ -98,7 +98,7 @@ class Inbox(QueueView):
 
     @property
     def url(self) -> str:
-        """The store's URL (its password, if any, is never shown by ``repr``)."""
+        """The store's URL as given, password included: show ``repr(inbox)`` instead."""
         return self.store.url
 
     # -- accepting ----------------------------------------------------------------------
@@ -178,9 +178,8 @@ class Inbox(QueueView):
                     "over); nothing was committed"
                 ) from None
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                raise StoreUnavailableError(
-                    f"inbox {store!r} failed: {str(exc).strip().splitlines()[0]}"
-                ) from exc
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise StoreUnavailableError(f"inbox {store!r} failed: {first}") from exc
             return result
 
         return run

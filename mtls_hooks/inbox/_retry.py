@@ -1,10 +1,11 @@
 """When a failed handler runs again, and when an inbox event goes to the dead letter.
 
 :class:`InboxRetry` is two replaceable tenacity objects, as the sender's policy is: ``stop``
-(by default 20 attempts, about 2 h 45 min of retries) and ``wait`` (exponential backoff with
-jitter, 1 s doubling to a 15 min cap). A handler that raises is retried under it; one that
-has used its attempts is dead-lettered (``failed``), where ``mtls-hooks inbox retry`` replays
-it. Nothing sleeps: the wait becomes the job's next ``run_at`` (``queue/_schedule``).
+(by default 20 attempts, about 2 h 32 min of waits between them) and ``wait`` (exponential
+backoff with jitter, 1 s doubling to a 15 min cap). A handler that raises is retried under
+it; one that has used its attempts is dead-lettered (``failed``), where
+``mtls-hooks inbox retry`` replays it. Nothing sleeps: the wait becomes the job's next
+``run_at`` (``queue/_schedule``).
 """
 
 from __future__ import annotations

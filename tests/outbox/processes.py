@@ -36,6 +36,9 @@ class Child:
             stderr=subprocess.STDOUT,
             text=True,
             env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+            # Its own process group: close() can stop the workers a `serve --workers N`
+            # spawned, which would otherwise outlive a failed test holding the output pipe.
+            start_new_session=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
@@ -74,8 +77,9 @@ class Child:
             pytest.fail(f"pid {self.proc.pid} ignored SIGTERM for {timeout_s} s")
 
     def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):  # the group may be gone already
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the child and whatever it spawned
         if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         assert self.proc.stdout is not None
         self._thread.join(5)
