@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from bench._servers import SIGNING_SECRET, BenchPki, make_pki, run_server
+from bench.bench_serving import print_rows
 from bench.loadgen import KEEP_ALIVE, LoadResult, LoadSpec, process_cpu_s, run_load
 
 if TYPE_CHECKING:
@@ -474,17 +475,6 @@ def _ratio_rows(served: list[Served]) -> list[Row]:
                     )
                 rows.append(row)
     return rows
-
-
-def print_rows(rows: list[Row]) -> None:
-    """Print rows as an aligned table."""
-    width = max(len(str(row["case"])) for row in rows)
-    for row in rows:
-        verdict = ""
-        if "target" in row:
-            verdict = f"  (target {row['target']}: {'ok' if row['ok'] else 'MISSED'})"
-        note = f"  {row['note']}" if row.get("note") else ""
-        print(f"{row['case']:<{width}}  {row['value']:>8} {row['unit']}{verdict}{note}")
 
 
 def main(argv: list[str] | None = None) -> list[Row]:

@@ -5,38 +5,18 @@ attempt counters by outcome and the inbox's depth gauges by state.
 
 from __future__ import annotations
 
-import http.client
 from pathlib import Path
 from typing import Any
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from mtls_hooks import Inbox
 from tests.inbox.inbox_app import ENDPOINT
 from tests.inbox.processes import RealPki, serve, start_worker, wait_until
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+from tests.outbox.processes import Samples, scrape
 
 ATTEMPTS = "mtls_hooks_inbox_attempts_total"
 DURATION = "mtls_hooks_inbox_handler_duration_seconds_count"
 DEPTH = "mtls_hooks_queue_messages"
 OLDEST = "mtls_hooks_queue_oldest_due_age_seconds"
-
-
-def scrape(port: int) -> Samples:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        response = conn.getresponse()
-        assert response.status == 200
-        text = response.read().decode()
-    finally:
-        conn.close()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:

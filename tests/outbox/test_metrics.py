@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from prometheus_client.parser import text_string_to_metric_families
 
 from certs_tool import CA
 from mtls_hooks.metrics._expiry import DAY_S
@@ -31,11 +30,10 @@ from mtls_hooks.outbox import DeliveryWorker, Outbox
 from mtls_hooks.outbox._observe import SenderCertificates
 from mtls_hooks.testing import running_server
 from tests.outbox.conftest import OutboxPki, fast_retry
-from tests.outbox.processes import CLI, REPO, Child, start_worker, wait_until
+from tests.outbox.processes import CLI, REPO, Child, Samples, scrape, start_worker, wait_until
 from tests.outbox.receiver_app import build_app
 
 Scope = MutableMapping[str, Any]
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 class FirstTry503:
@@ -64,22 +62,6 @@ def base_url(pki: OutboxPki, tmp_path: Path) -> Iterator[str]:
     app = FirstTry503(build_app(pki.secret, tmp_path / "receiver.log"))
     with running_server(app, pki.server_config()) as server:
         yield f"https://localhost:{server.port}"
-
-
-def scrape(port: int) -> Samples:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        response = conn.getresponse()
-        assert response.status == 200
-        text = response.read().decode()
-    finally:
-        conn.close()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def scrape_status(port: int, path: str) -> int:
