@@ -51,7 +51,7 @@ from mtls_hooks.core._errors import ConfigurationError, SignatureError, Timestam
 from mtls_hooks.core._events import AsyncHandler, HandlerTable, WebhookEvent, find_handler
 from mtls_hooks.core._identity import PeerIdentity, peer_from_scope
 from mtls_hooks.core._signing import VerifiedMessage
-from mtls_hooks.receiver._asgi import lean_make_response, lean_no_content
+from mtls_hooks.receiver._asgi import lean_empty, lean_make_response, lean_no_content
 from mtls_hooks.receiver._decisions import DecisionLog, Refusal, logger
 from mtls_hooks.receiver._endpoint import EndpointSettings
 from mtls_hooks.stores._ratelimit import Rate, RateLimiter, retry_after_header
@@ -294,7 +294,7 @@ class WebhookView:
                 logger.exception("inbox failed to store webhook %s", webhook_id)
                 return log.refused(_INBOX_DOWN, level=logging.ERROR)
             if created:
-                return log.done(response_class(b"", 202), "queued")
+                return log.done(self._accepted(), "queued")
             # Already stored (handled or not): the sender may stop retrying.
             return log.done(response_class(b"", 202, {"Webhook-Duplicate": "true"}), "duplicate")
         store = self._store
@@ -381,6 +381,13 @@ class WebhookView:
         if quart.has_app_context():  # the Quart path: after-request functions may change it
             return cast("Response", quart.Response(b"", 204))
         return cast("Response", lean_no_content())
+
+    def _accepted(self) -> Response:
+        """The 202 of a stored event; shared on the lean path, as the 204 is."""
+        quart = self._quart
+        if quart.has_app_context():  # the Quart path: after-request functions may change it
+            return cast("Response", quart.Response(b"", 202))
+        return cast("Response", lean_empty(202))
 
     async def _make_response(self, result: Any) -> Response:
         """Quart's ``make_response``, in the app context the handler inherited, if any.

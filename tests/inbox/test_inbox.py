@@ -141,6 +141,28 @@ async def test_a_verified_event_is_stored_then_answered_202(rig: Rig, log_lines:
     assert rig.inbox.messages()[0].state is JobState.DONE
 
 
+async def test_an_inbox_endpoint_through_quarts_request_machinery_answers_202_too(
+    sender: Sender, sender_cert: IssuedCert, tmp_path: Path
+) -> None:
+    app, hooks, _ = make_app(
+        sender, f"sqlite:///{tmp_path / 'q.sqlite3'}", MTLS_HOOKS_QUART_REQUEST=True
+    )
+    async with app.test_app() as test_app:
+        body, headers = sender.request()
+        answers = [
+            await test_app.test_client().post(
+                "/hooks", data=body, headers=headers, scope_base=tls_scope(sender_cert)
+            )
+            for _ in range(2)
+        ]
+        assert [(a.status_code, a.headers.get("Webhook-Duplicate")) for a in answers] == [
+            (202, None),
+            (202, "true"),
+        ]
+        assert answers[0] is not answers[1]
+        assert len(hooks.inbox(app).messages()) == 1
+
+
 async def test_a_retried_delivery_is_stored_once_and_handled_once(rig: Rig) -> None:
     body, headers = rig.sender.request()
     answers = []
