@@ -48,7 +48,6 @@ __all__ = [
     "LeanWebhooks",
     "lean_empty",
     "lean_make_response",
-    "lean_no_content",
     "lean_scope",
     "mount_lean_path",
 ]
@@ -114,11 +113,6 @@ def lean_empty(status: int) -> Any:
         response = Response(b"", status)
         shared = _SHARED[status] = (response, tuple(_encode_headers(response.headers)))
     return shared[0]
-
-
-def lean_no_content() -> Any:
-    """The 204 a handler returning ``None`` gets on the lean path (see :func:`lean_empty`)."""
-    return lean_empty(204)
 
 
 class ClientDisconnected(BaseException):

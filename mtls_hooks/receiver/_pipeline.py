@@ -51,7 +51,7 @@ from mtls_hooks.core._errors import ConfigurationError, SignatureError, Timestam
 from mtls_hooks.core._events import AsyncHandler, HandlerTable, WebhookEvent, find_handler
 from mtls_hooks.core._identity import PeerIdentity, peer_from_scope
 from mtls_hooks.core._signing import VerifiedMessage
-from mtls_hooks.receiver._asgi import lean_empty, lean_make_response, lean_no_content
+from mtls_hooks.receiver._asgi import lean_empty, lean_make_response
 from mtls_hooks.receiver._decisions import DecisionLog, Refusal, logger
 from mtls_hooks.receiver._endpoint import EndpointSettings
 from mtls_hooks.stores._ratelimit import Rate, RateLimiter, retry_after_header
@@ -294,7 +294,7 @@ class WebhookView:
                 logger.exception("inbox failed to store webhook %s", webhook_id)
                 return log.refused(_INBOX_DOWN, level=logging.ERROR)
             if created:
-                return log.done(self._accepted(), "queued")
+                return log.done(self._empty(202), "queued")
             # Already stored (handled or not): the sender may stop retrying.
             return log.done(response_class(b"", 202, {"Webhook-Duplicate": "true"}), "duplicate")
         store = self._store
@@ -349,9 +349,7 @@ class WebhookView:
         try:
             try:
                 result = await handler(event)
-                response = (
-                    self._no_content() if result is None else await self._make_response(result)
-                )
+                response = self._empty(204) if result is None else await self._make_response(result)
             except Exception as exc:
                 await _settle(store, key, success=False)
                 response = log.failed(exc)
@@ -375,19 +373,12 @@ class WebhookView:
         if not answer.done():  # done means cancelled with the view: the sender has gone
             answer.set_result(response)
 
-    def _no_content(self) -> Response:
-        """The 204 of a handler that returned ``None``; shared on the lean path (``_asgi``)."""
+    def _empty(self, status: int) -> Response:
+        """An empty answer (a handler's 204, a stored event's 202); shared on the lean path."""
         quart = self._quart
         if quart.has_app_context():  # the Quart path: after-request functions may change it
-            return cast("Response", quart.Response(b"", 204))
-        return cast("Response", lean_no_content())
-
-    def _accepted(self) -> Response:
-        """The 202 of a stored event; shared on the lean path, as the 204 is."""
-        quart = self._quart
-        if quart.has_app_context():  # the Quart path: after-request functions may change it
-            return cast("Response", quart.Response(b"", 202))
-        return cast("Response", lean_empty(202))
+            return cast("Response", quart.Response(b"", status))
+        return cast("Response", lean_empty(status))
 
     async def _make_response(self, result: Any) -> Response:
         """Quart's ``make_response``, in the app context the handler inherited, if any.
