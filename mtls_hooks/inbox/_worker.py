@@ -128,21 +128,11 @@ class InboxWorker(QueueWorker[InboxCounts]):
             event = event_from_job(job)
         except ConfigurationError as exc:
             # A row this version cannot read: no retry can help; the dead letter shows it.
-            self.counts.failed += 1
-            self._record(job.target, "failed", None)
-            _LOG.error("inbox event %s is unreadable: %s", job.id, exc)
-            record = AttemptRecord(job.id, number, started, 0.0, "failed", None,
-                                   "ConfigurationError", str(exc), self.worker_id)  # fmt: skip
-            return Settlement(job.id, "failed", error=str(exc), attempt=record)
+            return self._give_up(job, number, started, "ConfigurationError", str(exc))
         if lost_and_exhausted(self.retry.stop, job, now=started):
             # Its workers kept dying under it: the last lost attempt was its last allowed.
             reason = f"gave up after {job.attempts} attempt(s): {job.last_error}"
-            self.counts.failed += 1
-            self._record(job.target, "failed", None)
-            _LOG.error("inbox event %s on %s dead-lettered: %s", job.id, job.target, reason)
-            record = AttemptRecord(job.id, job.tries, started, 0.0, "failed", None,
-                                   "LostAttemptError", reason, self.worker_id)  # fmt: skip
-            return Settlement(job.id, "failed", error=reason, attempt=record)
+            return self._give_up(job, job.tries, started, "LostAttemptError", reason)
         handler = find_handler(self._handlers, job.target, event.type)
         if handler is None:
             self.counts.unhandled += 1
@@ -152,16 +142,18 @@ class InboxWorker(QueueWorker[InboxCounts]):
             return Settlement(job.id, "done", attempt=record)
         began = time.perf_counter()
         claim = current_claim.set((job.id, self.worker_id))
+        bound = asyncio.timeout(self.handler_timeout_s)
         try:
-            async with self._context(), asyncio.timeout(self.handler_timeout_s):
+            async with self._context(), bound:
                 await handler(event)
         except Exception as exc:
             latency_s = time.perf_counter() - began
-            if isinstance(exc, TimeoutError) and latency_s >= (self.handler_timeout_s or 0):
+            failure = exc
+            if bound.expired():
                 # A hung handler: its run fails (and is retried) rather than holding a slot
                 # and a renewed lease forever. A sync handler's thread cannot be stopped.
-                exc = TimeoutError(f"the handler ran longer than {self.handler_timeout_s:g} s")
-            return self._failed(job, exc, started=started, latency_s=latency_s)
+                failure = TimeoutError(f"the handler ran longer than {self.handler_timeout_s:g} s")
+            return self._failed(job, failure, started=started, latency_s=latency_s)
         finally:
             current_claim.reset(claim)
         latency_s = time.perf_counter() - began
@@ -170,6 +162,17 @@ class InboxWorker(QueueWorker[InboxCounts]):
         record = AttemptRecord(job.id, number, started, latency_s, "done", None, None, "",
                                self.worker_id)  # fmt: skip
         return Settlement(job.id, "done", attempt=record)
+
+    def _give_up(
+        self, job: Job, number: int, started: float, error: str, reason: str
+    ) -> Settlement:
+        """Dead-letter ``job`` without running its handler (attempt ``number``)."""
+        self.counts.failed += 1
+        self._record(job.target, "failed", None)
+        _LOG.error("inbox event %s on %s dead-lettered: %s", job.id, job.target, reason)
+        record = AttemptRecord(job.id, number, started, 0.0, "failed", None, error, reason,
+                               self.worker_id)  # fmt: skip
+        return Settlement(job.id, "failed", error=reason, attempt=record)
 
     def _failed(self, job: Job, exc: Exception, *, started: float, latency_s: float) -> Settlement:
         now = self._clock()

@@ -304,6 +304,19 @@ async def test_a_hung_handler_times_out_and_is_retried(rig: Rig) -> None:
     [job] = rig.inbox.messages()
     assert job.state is JobState.PENDING
     assert job.last_error == "TimeoutError: the handler ran longer than 0.05 s"
+
+    # Its twin: a handler's own TimeoutError keeps its own message, with or without a bound.
+    class OwnTimeout(Handled):
+        async def handler(self, event: WebhookEvent) -> None:
+            raise TimeoutError("the ledger API timed out")
+
+    own = OwnTimeout()
+    for bound_s in (None, 30.0):
+        worker = InboxWorker(rig.inbox.store, {(None, None): own.handler}, clock=rig.clock,
+                             poll_interval_s=0.01, handler_timeout_s=bound_s)  # fmt: skip
+        rig.clock.advance(3600)
+        await worker.run(until_idle=True)
+        assert rig.inbox.messages()[0].last_error == "TimeoutError: the ledger API timed out"
     # The default bound, and the setting that changes it, reach the worker.
     assert rig.worker().handler_timeout_s == 900
     app, hooks, _ = make_app(rig.sender, rig.url, MTLS_HOOKS_INBOX_HANDLER_TIMEOUT_S="30")
