@@ -269,11 +269,32 @@ def run_server(
     Raises:
         RuntimeError: the process died or did not answer within the bound.
     """
+    with serving_process(
+        _server_process, lambda out: (kind, factory, pki, cpu, out, loop), pki, what=kind
+    ) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serving_process(
+    target: Callable[..., None],
+    args: Callable[[Any], tuple[Any, ...]],
+    pki: BenchPki | None,
+    *,
+    what: str,
+    daemon: bool = True,
+) -> Iterator[RunningServer]:
+    """Run ``target(*args(out))`` in a process that sends its port on ``out``; stop it by
+    PID on exit (SIGTERM, so a supervisor stops its workers; SIGKILL after a bound).
+
+    With ``pki``, one real mTLS request checks the server before it is measured.
+
+    Raises:
+        RuntimeError: the process died or did not answer within the bound.
+    """
     ctx = mp_context()
     receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(  # type: ignore[attr-defined]
-        target=_server_process, args=(kind, factory, pki, cpu, sender, loop), daemon=True
-    )
+    proc = ctx.Process(target=target, args=args(sender), daemon=daemon)  # type: ignore[attr-defined]
     proc.start()
     sender.close()
     try:
@@ -282,9 +303,10 @@ def run_server(
         except EOFError:
             port = None
         if not isinstance(port, int):
-            msg = f"{kind} server (pid {proc.pid}) died or did not report its port"
+            msg = f"{what} server (pid {proc.pid}) died or did not report its port"
             raise RuntimeError(msg)
-        _probe(port, pki, time.monotonic() + _START_TIMEOUT_S)
+        if pki is not None:
+            _probe(port, pki, time.monotonic() + _START_TIMEOUT_S)
         yield RunningServer(port=port, pid=proc.pid)
     finally:
         receiver.close()

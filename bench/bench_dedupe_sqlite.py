@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -35,11 +34,11 @@ from typing import Any
 from bench._servers import (
     SIGNING_SECRET,
     BenchPki,
-    _probe,
     _receiver_app,
     bare_app,
     make_pki,
     run_server,
+    serving_process,
 )
 from bench.loadgen import KEEP_ALIVE, LoadResult, LoadSpec, mp_context, run_load
 
@@ -151,29 +150,12 @@ def _running(
             yield server.port, server.pid
         return
     store = "memory" if case.store == "memory" else str(workdir / f"{case.name}.sqlite3")
-    ctx = mp_context()
-    reader, writer = ctx.Pipe(duplex=False)
-    proc = ctx.Process(  # type: ignore[attr-defined]
-        target=_serve_process, args=(pki, store, case.workers, cpu, writer), daemon=False
-    )
-    proc.start()
-    writer.close()
-    try:
-        port = reader.recv() if reader.poll(_START_TIMEOUT_S) else None
-        if not isinstance(port, int):
-            raise RuntimeError(f"{case.name} server (pid {proc.pid}) did not report its port")
-        _probe(port, pki, time.monotonic() + _START_TIMEOUT_S)
-        yield port, proc.pid
-    finally:
-        reader.close()
-        if proc.is_alive():
-            # SIGTERM to the supervisor: it stops its workers before it exits.
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            proc.join(_STOP_TIMEOUT_S)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(_STOP_TIMEOUT_S)
+    # Not a daemon: its workers are its children.
+    with serving_process(
+        _serve_process, lambda out: (pki, store, case.workers, cpu, out), pki, what=case.name,
+        daemon=False,
+    ) as server:  # fmt: skip
+        yield server.port, server.pid
 
 
 def _load(port: int, pki: BenchPki, settings: Settings, cpus: tuple[int, ...] | None) -> LoadSpec:

@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import signal
 import socket
 import ssl
 import statistics
@@ -39,15 +38,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from bench._servers import BenchPki, bare_app, make_pki, run_server
+from bench._servers import BenchPki, bare_app, make_pki, run_server, serving_process
 from bench._worker import KEEP_ALIVE, READY_TIMEOUT_S, LoadSpec, _build_requests, _Conn, _Worker
 from bench.loadgen import LoadResult, _aggregate, _collect, mp_context, process_cpu_s, run_load
 
 __all__ = ["QUICK_ARGV", "main"]
 
 Row = dict[str, object]
-_START_TIMEOUT_S = 60.0
-_STOP_TIMEOUT_S = 10.0
 _RESULT_GRACE_S = 30.0
 
 
@@ -100,26 +97,11 @@ class _Running:
 
 @contextlib.contextmanager
 def _proxy_server(pki: BenchPki, cpu: int | None) -> Iterator[_Running]:
-    ctx = mp_context()
-    receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_serve_proxy, args=(pki, cpu, sender), daemon=True)  # type: ignore[attr-defined]
-    proc.start()
-    sender.close()
-    try:
-        port = receiver.recv() if receiver.poll(_START_TIMEOUT_S) else None
-        if not isinstance(port, int):
-            msg = f"proxy-mode server (pid {proc.pid}) did not report its port"
-            raise RuntimeError(msg)
-        yield _Running(port, proc.pid)
-    finally:
-        receiver.close()
-        if proc.is_alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            proc.join(_STOP_TIMEOUT_S)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(_STOP_TIMEOUT_S)
+    # No probe: the proxy listener speaks plain HTTP, without a client certificate.
+    with serving_process(
+        _serve_proxy, lambda out: (pki, cpu, out), None, what="proxy-mode"
+    ) as server:
+        yield _Running(server.port, server.pid)
 
 
 # --------------------------------------------------------------------------- plain generator
