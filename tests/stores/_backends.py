@@ -11,11 +11,15 @@ import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from mtls_hooks.stores._replay import DedupeStore, MemoryDedupeStore, SQLiteDedupeStore
 from tests.peers import PG_URL, REDIS_URL, need_tcp
+
+if TYPE_CHECKING:
+    from mtls_hooks.receiver._receiver import WebhookReceiver
+    from tests.receiver.conftest import Sender
 
 BACKENDS = ("memory", "sqlite", "postgresql", "redis")
 SHARED = ("sqlite", "postgresql", "redis")
@@ -93,3 +97,14 @@ class Spec:
 
 def run(coro_factory: Callable[[], Any]) -> Any:
     return asyncio.run(coro_factory())
+
+
+def app_with(config: dict[str, Any], sender: Sender, **options: Any) -> WebhookReceiver:
+    """A Quart app with one receiver endpoint at ``/h`` signed by ``sender``; its receiver."""
+    from quart import Quart
+
+    from mtls_hooks.receiver._receiver import WebhookReceiver
+
+    app = Quart(__name__)
+    app.config.update(config)
+    return WebhookReceiver(app, path="/h", keys=[sender.key], require_peer=False, **options)

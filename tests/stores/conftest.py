@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,3 +43,14 @@ async def make_store(spec: Spec) -> AsyncIterator[StoreFactory]:
     yield factory
     for store in opened:
         await store.aclose()
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    """A fresh PostgreSQL table prefix and Redis key prefix, dropped afterwards."""
+    name = new_namespace()
+    yield name
+    for backend in ("postgresql", "redis"):
+        # A server that is not running left nothing behind.
+        with contextlib.suppress(Exception):
+            Spec(backend, name).drop()

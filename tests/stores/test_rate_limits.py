@@ -4,9 +4,8 @@ limit, with an injected clock, on buckets in memory, PostgreSQL and Redis.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
@@ -22,7 +21,7 @@ from mtls_hooks.receiver._receiver import WebhookReceiver
 from mtls_hooks.stores._ratelimit import MemoryRateLimiter, Rate, RateLimiter
 from tests.peers import PG_URL, REDIS_URL
 from tests.receiver.conftest import Sender, tls_scope
-from tests.stores._backends import Clock, Spec, need, new_namespace
+from tests.stores._backends import Clock, app_with, need
 
 
 @pytest.fixture(scope="module")
@@ -38,23 +37,6 @@ def alice(certs_ca: CA) -> IssuedCert:
 @pytest.fixture(scope="module")
 def bob(certs_ca: CA) -> IssuedCert:
     return certs_ca.issue_client("bob")
-
-
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    name = new_namespace()
-    yield name
-    for backend in ("postgresql", "redis"):
-        # A server that is not running left nothing behind.
-        with contextlib.suppress(Exception):
-            Spec(backend, name).drop()
-
-
-def app_with(config: dict[str, Any], sender: Sender, **options: Any) -> WebhookReceiver:
-    app = Quart(__name__)
-    app.config.update(config)
-    hooks = WebhookReceiver(app, path="/h", keys=[sender.key], require_peer=False, **options)
-    return hooks
 
 
 @pytest_asyncio.fixture(params=["memory", "postgresql", "redis"])

@@ -4,45 +4,24 @@ serving (503, never a 2xx for an unrecorded event).
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from quart import Quart
 
 from mtls_hooks.core._errors import ConfigurationError
 from mtls_hooks.queue._protocol import StoreUnavailableError
-from mtls_hooks.receiver._receiver import WebhookReceiver
 from mtls_hooks.stores._replay import MemoryDedupeStore, SQLiteDedupeStore
 from tests.peers import PG_URL, REDIS_URL
 from tests.receiver.conftest import Sender
-from tests.stores._backends import Spec, need, new_namespace
+from tests.stores._backends import app_with, need
 from tests.stores._proxy import TcpProxy
 
 
 @pytest.fixture(scope="module")
 def sender() -> Sender:
     return Sender()
-
-
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    name = new_namespace()
-    yield name
-    for backend in ("postgresql", "redis"):
-        # A server that is not running left nothing behind.
-        with contextlib.suppress(Exception):
-            Spec(backend, name).drop()
-
-
-def app_with(config: dict[str, Any], sender: Sender, **options: Any) -> WebhookReceiver:
-    app = Quart(__name__)
-    app.config.update(config)
-    hooks = WebhookReceiver(app, path="/h", keys=[sender.key], require_peer=False, **options)
-    return hooks
 
 
 # -- selection by URL ------------------------------------------------------------------------
