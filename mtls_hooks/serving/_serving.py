@@ -355,6 +355,7 @@ class _TLSTCPServer(_ORIGINAL_TCP_SERVER):  # type: ignore[misc]
             # transport no longer answers get_extra_info().
             config.connections[writer] = writer.get_extra_info("socket")
         super().__init__(app, loop, config, context, state, reader, writer)
+        self._queued_sends = 0  # sends on hypercorn's way (under its lock), queued or writing
         if isinstance(config, _MtlsHypercornConfig):
             self.idle_task = IdleTimer(self)
 
@@ -372,7 +373,15 @@ class _TLSTCPServer(_ORIGINAL_TCP_SERVER):  # type: ignore[misc]
             else:
                 await self.idle_task.stop()
             return
-        if type(event) is RawData and not self.send_lock.locked():
+        if type(event) is RawData and self.writer.transport.is_closing():
+            # A second close of asyncio's TLS transport drops its protocol: a write would
+            # raise AttributeError, which neither path catches. The connection is over.
+            await self.protocol.handle(Closed())
+            return
+        # Fast only while no write is queued either: a released lock is free for a moment
+        # before its woken waiter runs, and a write slipping in then would reorder the
+        # bytes (on HTTP/2, HEADERS after their DATA, or HPACK state out of step).
+        if type(event) is RawData and not self._queued_sends and not self.send_lock.locked():
             if not event.data:
                 return
             transport = self.writer.transport
@@ -389,7 +398,11 @@ class _TLSTCPServer(_ORIGINAL_TCP_SERVER):  # type: ignore[misc]
                 except (ConnectionError, RuntimeError):
                     await self.protocol.handle(Closed())
             return
-        await super().protocol_send(event)
+        self._queued_sends += 1
+        try:
+            await super().protocol_send(event)
+        finally:
+            self._queued_sends -= 1
 
     async def _read_data(self) -> None:
         await self._read_until_closed()

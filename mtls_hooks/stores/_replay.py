@@ -424,10 +424,18 @@ class SQLiteDedupeStore:
         # A caller cancelled while its claim waits (the sender hung up) must not leave a
         # committed claim nobody settles, blocking retries for the lease: a claim not yet
         # run is dropped, one that ran on the writer thread meanwhile is released.
-        state, expires_at = await self._writer.submit(
+        future = self._writer.submit(
             lambda conn: _claim_on(conn, key, now, lease_s),
             lambda result: self._release_orphan(key, result),
         )
+        try:
+            state, expires_at = await future
+        except asyncio.CancelledError:
+            # Cancelled after the result was set but before this task resumed: the claim
+            # is committed and nobody else will see it, so it is released here.
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._release_orphan(key, future.result())
+            raise
         if state is ClaimState.CLAIMED:
             self._held[key] = now + lease_s
         elif state is ClaimState.DONE:

@@ -355,3 +355,34 @@ def test_a_file_locked_past_busy_timeout_fails_at_start(tmp_path: Path) -> None:
             SQLiteDedupeStore(path, busy_timeout_s=0.2)
     finally:
         holder.close()
+
+
+@pytest.mark.parametrize("cancelled", [True, False], ids=["sender-gone", "sender-waits"])
+def test_a_claim_cancelled_after_its_result_leaves_no_claim(
+    tmp_path: Path, cancelled: bool
+) -> None:
+    """The view is cancelled (the sender hung up) after the batch set the claim's result but
+    before the view resumed: the committed claim is released, so the retry is not answered
+    "in flight" for a whole lease. The twin, not cancelled, holds the id."""
+
+    async def scenario() -> tuple[bool, ClaimState]:
+        store = SQLiteDedupeStore(tmp_path / "race.db", synchronous="normal")
+        try:
+            await store.claim("warm")  # the file is open and the writer idle
+            task = asyncio.create_task(store.claim("k"))
+            await asyncio.sleep(0)  # the task submits: its batch runs in the next turn
+            if cancelled:
+                asyncio.get_running_loop().call_soon(task.cancel)  # in that same turn
+            try:
+                await task
+            except asyncio.CancelledError:
+                was_cancelled = True
+            else:
+                was_cancelled = False
+            return was_cancelled, await store.claim("k")
+        finally:
+            await store.aclose()
+
+    was_cancelled, retry = asyncio.run(scenario())
+    assert was_cancelled is cancelled
+    assert retry is (ClaimState.CLAIMED if cancelled else ClaimState.IN_FLIGHT)
