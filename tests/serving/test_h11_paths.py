@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from mtls_hooks.serving._serving import _H11Protocol
 from mtls_hooks.testing import ServerHandle, running_server
 from tests.serving.conftest import Cast, Pki
 
@@ -104,11 +105,22 @@ def _request(*headers: str, method: str = "POST", body: bytes = b"") -> bytes:
 
 
 def test_plain_request_scope_headers_are_h11s_list(
-    echo_server: ServerHandle, pki: Pki, cast: Cast
+    echo_server: ServerHandle, pki: Pki, cast: Cast, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Our protocol class, not hypercorn's, built the stream: the same answer from hypercorn's
+    # own code path would prove nothing about ours.
+    built: list[bytes] = []
+    create_stream = _H11Protocol._create_stream
+
+    async def counted(self: _H11Protocol, request: Any) -> None:
+        built.append(request.method)
+        await create_stream(self, request)
+
+    monkeypatch.setattr(_H11Protocol, "_create_stream", counted)
     request = _request("X-Mixed-Case:  padded value ", "x-repeat: 1", "X-Repeat: 2", body=b"{}")
     response = _exchange(echo_server, pki.context(cast.alpha), request, 0)
     echoed = _json_body(response)
+    assert built == [b"POST"]
     # Names lower-cased, values stripped of surrounding whitespace, order and repeats kept:
     # exactly list(h11.Request.headers), as hypercorn builds it.
     assert echoed["headers"] == [
