@@ -19,7 +19,7 @@ Where a batch runs:
   for a lock (``busy_timeout`` 0): a commit without fsync takes tens of microseconds, less
   than a hop to a thread and back. When another process holds the write lock (it does for
   tens of microseconds per commit), the batch is tried again on the loop: in the next few
-  turns, then after waits of 1 ms (the event loop's timer resolution), taking in what was submitted
+  turns, then after waits of 50 µs doubling up to 1 ms, taking in what was submitted
   meanwhile, until it commits or ``busy_timeout`` has passed (then it fails with SQLite's
   busy error). Not SQLite's own busy wait on the thread: it sleeps 1 ms, then 2, 5, 10 ms,
   while one batch at a time means every request of this process waits behind it; with two
@@ -56,9 +56,10 @@ BUSY_CODES: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _MAX_BATCH: Final = 256
 # Event-loop turns a batch retries a held write lock, before it retries on timers.
 _BUSY_TURNS: Final = 8
-# Waits of 1 ms: asyncio's epoll rounds a shorter timer up to 1 ms anyway, and uvloop
-# rounds it down to 0, which would spin a core while another process holds the lock.
-_BUSY_FIRST_WAIT_S: Final = 0.001
+# 50 µs doubling to 1 ms. On a busy loop (the case that matters) a short timer fires at the
+# next loop iteration, woken by I/O; on an idle one asyncio's epoll rounds it up to 1 ms and
+# uvloop down to 0, so the cap of 1 ms keeps a long-held lock from spinning a core.
+_BUSY_FIRST_WAIT_S: Final = 0.00005
 _BUSY_MAX_WAIT_S: Final = 0.001
 
 
